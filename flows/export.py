@@ -1,0 +1,16 @@
+"""Export stage: top-K recommendations of the chosen model for every user."""
+from prefect import flow
+
+from conf.schema import PipelineConfig
+from tasks.export import ExportedRecommendations, export
+from tasks.io import TableRef
+from tasks.preprocessing import PreparedData
+from tasks.runs import RunContext
+from tasks.training import TrainedModel
+
+
+@flow(name="export")
+def export_flow(config: PipelineConfig, prepared: PreparedData, trained: list[TrainedModel], metrics: TableRef,
+                run: RunContext) -> ExportedRecommendations:
+    """Write recommendations.parquet and .csv into the run folder."""
+    return export(prepared, trained, metrics, config.export, config.train.max_seq_len, run.run_dir)

@@ -1,0 +1,44 @@
+"""The whole pipeline: data -> training -> evaluation -> export, one MLflow run per pipeline run."""
+from dataclasses import dataclass
+from pathlib import Path
+
+from prefect import flow
+from prefect.runtime import flow_run
+
+from conf.schema import PipelineConfig
+from flows.data import data_flow
+from flows.evaluation import evaluation_flow
+from flows.export import export_flow
+from flows.training import training_flow
+from tasks.export import ExportedRecommendations
+from tasks.io import TableRef
+from tasks.preprocessing import PreparedData
+from tasks.runs import close_run, fail_run, open_run
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    """Where a finished run put its outputs."""
+
+    run_dir: Path
+    mlflow_run_id: str
+    tracking_uri: str
+    metrics: TableRef
+    recommendations: ExportedRecommendations
+    prepared: PreparedData
+
+
+@flow(name="interest-transfer", log_prints=True)
+def pipeline_flow(config: PipelineConfig) -> PipelineResult:
+    """Run every stage on the configured data; outputs go to <output.root>/<run name>/."""
+    run = open_run(config, flow_run.get_id())
+    try:
+        prepared = data_flow(config, run.cache_root)
+        trained = training_flow(config, prepared, run)
+        metrics = evaluation_flow(config, prepared, trained, run)
+        exported = export_flow(config, prepared, trained, metrics, run)
+        close_run(run, metrics, exported, prepared)
+    except BaseException:
+        fail_run(run)
+        raise
+    return PipelineResult(run.run_dir, run.mlflow_run_id, run.tracking_uri, metrics, exported, prepared)

@@ -1,0 +1,149 @@
+"""Datasets over item_idx sequences: next-item training windows and evaluation batches.
+
+Histories are left-padded with 0 so that the most recent item is always at the last position,
+which is where every model reads the user's current interest.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+Split = Literal["valid", "test", "all"]
+
+
+@dataclass(frozen=True)
+class SequenceData:
+    """Per-user time-ordered item_idx arrays of each split; user u sits at position u_idx - 1."""
+
+    n_items: int  # counts the padding index 0
+    train: list[np.ndarray]
+    valid: list[np.ndarray]
+    test: list[np.ndarray]
+
+    def history(self, split: Split) -> list[np.ndarray]:
+        """What a model may read when predicting `split`: everything before it in time."""
+        if split == "valid":
+            return self.train
+        if split == "test":
+            return [np.concatenate(parts) for parts in zip(self.train, self.valid)]
+        return [np.concatenate(parts) for parts in zip(self.train, self.valid, self.test)]
+
+    def targets(self, split: Literal["valid", "test"]) -> list[np.ndarray]:
+        """The held-out items of `split` for every user."""
+        return self.valid if split == "valid" else self.test
+
+
+def left_pad(sequences: list[np.ndarray], length: int) -> Tensor:
+    """[B, length] long tensor of each sequence's last `length` items, left-padded with 0."""
+    batch = torch.zeros(len(sequences), length, dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        tail = sequence[-length:]
+        if len(tail):
+            batch[row, length - len(tail):] = torch.as_tensor(tail, dtype=torch.long)
+    return batch
+
+
+class NextItemWindows(Dataset):
+    """Training windows: inputs s[t-T..t-1] and next-item targets s[t-T+1..t], every position a label.
+
+    Long sequences are cut from the end into non-overlapping windows of `max_len + 1` items, so every
+    training event is predicted exactly once per epoch (SASRec's all-positions scheme, not RecBole's
+    one example per prefix).
+    """
+
+    def __init__(self, sequences: list[np.ndarray], max_len: int):
+        self.windows = [
+            sequence[max(0, end - max_len - 1):end]
+            for sequence in sequences
+            for end in range(len(sequence), 1, -max_len)
+        ]
+        self.max_len = max_len
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return self.windows[index]
+
+    def collate(self, windows: list[np.ndarray]) -> tuple[Tensor, Tensor]:
+        """Left-padded (inputs [B, T], targets [B, T]); target 0 marks positions without a label."""
+        padded = left_pad(windows, self.max_len + 1)
+        return padded[:, :-1], padded[:, 1:]
+
+
+@dataclass(frozen=True)
+class EvalBatch:
+    """A batch of users to rank: recent history, and (row, item) pairs of seen and target items."""
+
+    history: Tensor  # [B, T] item_idx, left-padded
+    seen_rows: Tensor  # [S]
+    seen_items: Tensor  # [S]
+    target_rows: Tensor  # [R]
+    target_items: Tensor  # [R]
+    users: Tensor  # [B] position of each user in the dataset
+
+    def mask(self, rows: Tensor, items: Tensor, n_items: int) -> Tensor:
+        """[B, n_items] bool mask with True at the given (row, item) pairs."""
+        mask = torch.zeros(self.history.shape[0], n_items, dtype=torch.bool, device=self.history.device)
+        mask[rows, items] = True
+        return mask
+
+
+class RankingUsers(Dataset):
+    """Users to rank, each with a full history (for masking seen items) and held-out targets."""
+
+    def __init__(self, histories: list[np.ndarray], targets: list[np.ndarray] | None, max_len: int):
+        self.histories, self.targets, self.max_len = histories, targets, max_len
+
+    def __len__(self) -> int:
+        return len(self.histories)
+
+    def __getitem__(self, index: int) -> int:
+        return index
+
+    def collate(self, users: list[int]) -> EvalBatch:
+        """An EvalBatch for these user positions."""
+        histories = [self.histories[u] for u in users]
+        targets = [self.targets[u] for u in users] if self.targets is not None else [np.empty(0, np.int64)] * len(users)
+
+        def pairs(arrays: list[np.ndarray]) -> tuple[Tensor, Tensor]:
+            rows = np.repeat(np.arange(len(arrays)), [len(a) for a in arrays])
+            items = np.concatenate(arrays) if arrays else np.empty(0, np.int64)
+            return torch.as_tensor(rows, dtype=torch.long), torch.as_tensor(items, dtype=torch.long)
+
+        seen_rows, seen_items = pairs(histories)
+        target_rows, target_items = pairs(targets)
+        return EvalBatch(left_pad(histories, self.max_len), seen_rows, seen_items, target_rows, target_items,
+                         torch.as_tensor(users, dtype=torch.long))
+
+
+def ranking_loader(histories: list[np.ndarray], targets: list[np.ndarray] | None, max_len: int,
+                   batch_size: int) -> DataLoader:
+    """DataLoader of EvalBatch over users in order (no shuffling: rows map back to users)."""
+    users = RankingUsers(histories, targets, max_len)
+    return DataLoader(users, batch_size=batch_size, shuffle=False, collate_fn=users.collate)
+
+
+class SequenceDataModule(pl.LightningDataModule):
+    """Training windows from the train split; validation ranks each user's valid items."""
+
+    def __init__(self, data: SequenceData, max_len: int, batch_size: int, eval_batch_size: int, seed: int):
+        super().__init__()
+        self.data, self.max_len, self.batch_size = data, max_len, batch_size
+        self.eval_batch_size, self.seed = eval_batch_size, seed
+
+    def train_dataloader(self) -> DataLoader:
+        windows = NextItemWindows(self.data.train, self.max_len)
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(windows, batch_size=self.batch_size, shuffle=True, generator=generator,
+                          collate_fn=windows.collate)
+
+    def val_dataloader(self) -> DataLoader:
+        return ranking_loader(self.data.history("valid"), self.data.targets("valid"), self.max_len,
+                              self.eval_batch_size)

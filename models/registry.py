@@ -1,0 +1,35 @@
+"""Model kinds by name: config says `kind: rnn`, this table says which class builds it."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from models.base import Recommender
+from models.baselines import PopularityRecommender
+from models.extractors import CaserRecommender, GRURecommender
+
+MODEL_CLASSES: dict[str, Any] = {
+    PopularityRecommender.kind: PopularityRecommender,
+    GRURecommender.kind: GRURecommender,
+    CaserRecommender.kind: CaserRecommender,
+}
+
+
+def build_model(kind: str, n_items: int, options: dict[str, Any]) -> Recommender:
+    """A fresh model of `kind` for a catalogue of n_items (padding included)."""
+    if kind not in MODEL_CLASSES:
+        raise ValueError(f"model kind '{kind}' is unknown; known kinds: {sorted(MODEL_CLASSES)}")
+    return MODEL_CLASSES[kind](n_items=n_items, **options)
+
+
+def load_model(path: Path) -> Recommender:
+    """A model written by `save`, loaded without executing code from the file (weights_only)."""
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    model = build_model(payload["kind"], payload["hparams"]["n_items"],
+                        {k: v for k, v in payload["hparams"].items() if k != "n_items"})
+    model.load_state_dict(payload["state_dict"])
+    if hasattr(model, "eval"):
+        model.eval()
+    return model

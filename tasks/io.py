@@ -1,0 +1,99 @@
+"""Schema-checked reads and atomic writes of the tables and files that cross stages."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from tasks.schemas import DataError, check_schema
+
+
+@dataclass(frozen=True)
+class TableRef:
+    """A file handed between tasks: its path and a content fingerprint (stable cache keys)."""
+
+    path: str
+    fingerprint: str
+
+
+def fingerprint_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
+    """Short SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def fingerprint_text(*parts: Any) -> str:
+    """Short SHA-256 of JSON-serialised parts (configs, fingerprints): names cache folders."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary sibling path to write; renamed onto `path` only if the block succeeds."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+
+
+def write_parquet(frame: pl.DataFrame, path: Path) -> TableRef:
+    """Write a Parquet file atomically and return its reference."""
+    with atomic_path(path) as temporary:
+        frame.write_parquet(temporary)
+    return TableRef(str(path), fingerprint_file(path))
+
+
+def write_csv(frame: pl.DataFrame, path: Path) -> TableRef:
+    """Write a CSV file atomically and return its reference."""
+    with atomic_path(path) as temporary:
+        frame.write_csv(temporary)
+    return TableRef(str(path), fingerprint_file(path))
+
+
+def write_text(text: str, path: Path) -> Path:
+    """Write a text file atomically."""
+    with atomic_path(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
+    return path
+
+
+def write_json(payload: Any, path: Path) -> Path:
+    """Write a JSON file atomically."""
+    return write_text(json.dumps(payload, indent=2, default=str) + "\n", path)
+
+
+def scan_table(ref: TableRef, required: dict[str, pl.DataType], table: str) -> pl.LazyFrame:
+    """Lazy scan of a Parquet (or CSV) table whose required columns are checked against `required`."""
+    path = Path(ref.path)
+    if not path.is_file():
+        raise DataError(
+            f"{path}: {table} table is missing; if it came from the task cache, "
+            "rerun with --refresh-cache to rebuild it"
+        )
+    if path.suffix == ".csv":
+        frame = pl.scan_csv(path, schema_overrides=required)
+    else:
+        frame = pl.scan_parquet(path)
+    check_schema(frame.collect_schema(), required, table, str(path))
+    return frame
+
+
+def read_table(ref: TableRef, required: dict[str, pl.DataType], table: str) -> pl.DataFrame:
+    """Eager read of a schema-checked Parquet table."""
+    return scan_table(ref, required, table).collect()

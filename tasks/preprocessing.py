@@ -1,0 +1,225 @@
+"""Preprocessing with Polars: clean, filter, index, order, split, and partition into source/target.
+
+Order of operations: optional rating threshold -> dedupe -> iterative k-core -> contiguous ids ->
+per-user time-ordered sequences -> temporal hold-out (last items by time are test, the ones
+before them valid, the rest train; RecBole's "LS/TO" protocol) -> source/target roles.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+from prefect import task
+from prefect.cache_policies import INPUTS, TASK_SOURCE
+
+from conf.schema import PreprocessConfig, ScenarioConfig, SplitConfig
+from tasks import schemas
+from tasks.ingestion import RawTables
+from tasks.io import TableRef, fingerprint_text, scan_table, write_parquet
+from tasks.schemas import DataError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """References to the preprocessed tables, plus the counts a run reports."""
+
+    events: TableRef  # user_idx, item_idx, timestamp, split
+    sequences: TableRef  # user_idx, train, valid, test (item_idx lists in time order)
+    users: TableRef  # user_idx, user_id, role, raw attributes
+    items: TableRef  # item_idx, item_id, title, category, domain, role
+    n_users: int
+    n_items: int  # counts the padding index 0
+    n_events: int
+    dropped_events: int
+
+
+def filter_by_rating(events: pl.LazyFrame, min_rating: float | None) -> pl.LazyFrame:
+    """Interactions rated at least `min_rating` (all of them when None)."""
+    if min_rating is None:
+        return events
+    return events.filter(pl.col("rating") >= min_rating)
+
+
+def dedupe(events: pl.LazyFrame, mode: str) -> pl.LazyFrame:
+    """Drop duplicate interactions: identical rows ('exact') or a user's repeats of an item ('user_item')."""
+    if mode == "exact":
+        return events.unique(maintain_order=True)
+    ordered = events.sort(["user_id", "timestamp", "item_id"])
+    return ordered.unique(subset=["user_id", "item_id"], keep="first", maintain_order=True)
+
+
+def k_core(events: pl.DataFrame, k: int) -> pl.DataFrame:
+    """Drop users and items with fewer than k interactions, repeating until nothing changes."""
+    while True:
+        kept = events.filter(
+            (pl.len().over("user_id") >= k) & (pl.len().over("item_id") >= k)
+        )
+        if kept.height == events.height:
+            return kept
+        events = kept
+
+
+def index_ids(events: pl.DataFrame, column: str) -> pl.DataFrame:
+    """Map of raw ids in `column` to contiguous `<name>_idx` from 1 (0 is padding), in sorted id order."""
+    index_column = column.replace("_id", "_idx")
+    ids = events.select(pl.col(column).unique().sort())
+    return ids.with_columns(pl.int_range(1, ids.height + 1, dtype=pl.Int32).alias(index_column))
+
+
+def assign_splits(events: pl.DataFrame, holdout: int) -> pl.DataFrame:
+    """Label each event train/valid/test by its position from the end of the user's time order.
+
+    The last `holdout` events are test, the `holdout` before them valid; ties in time are ordered
+    by item_idx so the same data always gives the same split. Users with fewer than
+    2·holdout + 1 events cannot train and are dropped.
+    """
+    ordered = events.sort(["user_idx", "timestamp", "item_idx"])
+    from_end = (pl.len() - 1 - pl.int_range(pl.len())).over("user_idx")
+    return (
+        ordered.filter(pl.len().over("user_idx") > 2 * holdout)
+        .with_columns(from_end.alias("_from_end"))
+        .with_columns(
+            pl.when(pl.col("_from_end") < holdout)
+            .then(pl.lit("test"))
+            .when(pl.col("_from_end") < 2 * holdout)
+            .then(pl.lit("valid"))
+            .otherwise(pl.lit("train"))
+            .alias("split")
+        )
+        .drop("_from_end")
+    )
+
+
+def build_sequences(events: pl.DataFrame) -> pl.DataFrame:
+    """One row per user with the time-ordered item_idx lists of each split."""
+    ordered = events.sort(["user_idx", "timestamp", "item_idx"])
+    return (
+        ordered.group_by("user_idx", maintain_order=True)
+        .agg(
+            pl.col("item_idx").filter(pl.col("split") == name).alias(name)
+            for name in ("train", "valid", "test")
+        )
+        .sort("user_idx")
+    )
+
+
+def assign_roles(users: pl.DataFrame, items: pl.DataFrame, scenario: ScenarioConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Users and items with a `role` column: 'source', 'target' or 'other' under the scenario's partition."""
+
+    def role_of(column: str) -> pl.Expr:
+        return (
+            pl.when(pl.col(column) == scenario.source)
+            .then(pl.lit("source"))
+            .when(pl.col(column) == scenario.target)
+            .then(pl.lit("target"))
+            .otherwise(pl.lit("other"))
+            .alias("role")
+        )
+
+    users = users.with_columns(
+        role_of(scenario.attribute) if scenario.partition == "user_group" else pl.lit("all").alias("role")
+    )
+    items = items.with_columns(
+        role_of("domain") if scenario.partition == "item_domain" else pl.lit("all").alias("role")
+    )
+    return users, items
+
+
+def check_partition(users: pl.DataFrame, items: pl.DataFrame, scenario: ScenarioConfig, group_attribute: str | None, origin: str) -> None:
+    """Raise DataError when the configured attributes or group/domain values do not occur in the data."""
+    needed = {"scenario.attribute": scenario.attribute} if scenario.partition == "user_group" else {}
+    if group_attribute is not None:
+        needed["evaluation.group_attribute"] = group_attribute
+    for setting, column in needed.items():
+        if column not in users.columns:
+            raise DataError(f"{origin}: {setting} '{column}' is not a users column; found {users.columns}")
+    if scenario.partition == "none":
+        return
+    column, table = (scenario.attribute, users) if scenario.partition == "user_group" else ("domain", items)
+    present = set(table[column].drop_nulls().unique().to_list())
+    for setting in ("source", "target"):
+        value = getattr(scenario, setting)
+        if value not in present:
+            raise DataError(
+                f"{origin}: scenario.{setting} '{value}' does not occur in column '{column}' "
+                f"after filtering; values present: {sorted(present)}"
+            )
+
+
+def prepare_data(
+    raw: RawTables,
+    preprocess: PreprocessConfig,
+    split: SplitConfig,
+    scenario: ScenarioConfig,
+    group_attribute: str | None,
+    cache_root: Path,
+) -> PreparedData:
+    """Run every preprocessing step on the raw tables and write the results as Parquet."""
+    interactions = scan_table(raw.interactions, schemas.INTERACTIONS, "interactions")
+    raw_count = interactions.select(pl.len()).collect().item()
+    filtered = dedupe(filter_by_rating(interactions, preprocess.min_rating), preprocess.dedupe)
+    cored = k_core(filtered.select("user_id", "item_id", "timestamp").collect(), preprocess.k_core)
+    if cored.is_empty():
+        raise DataError(
+            f"{raw.interactions.path}: no interactions left after preprocess.min_rating="
+            f"{preprocess.min_rating} and preprocess.k_core={preprocess.k_core}; lower them"
+        )
+    user_map, item_map = index_ids(cored, "user_id"), index_ids(cored, "item_id")
+    indexed = cored.join(user_map, on="user_id").join(item_map, on="item_id")
+    events = assign_splits(indexed.select("user_idx", "item_idx", "timestamp"), split.holdout_size())
+    if events.is_empty():
+        raise DataError(
+            f"{raw.interactions.path}: no user has the {2 * split.holdout_size() + 1} interactions that "
+            f"split.protocol={split.protocol} needs"
+        )
+    # Users dropped by the split lose their index so that user_idx stays contiguous.
+    kept_users = events.select("user_idx").unique().sort("user_idx")
+    renumber = kept_users.with_columns(pl.int_range(1, kept_users.height + 1, dtype=pl.Int32).alias("new_idx"))
+    events = (
+        events.join(renumber, on="user_idx").drop("user_idx").rename({"new_idx": "user_idx"})
+        .select("user_idx", "item_idx", "timestamp", "split")
+    )
+    user_map = user_map.join(renumber, on="user_idx").drop("user_idx").rename({"new_idx": "user_idx"})
+
+    users_raw = pl.read_parquet(raw.users.path)
+    items_raw = pl.read_parquet(raw.items.path)
+    users = user_map.join(users_raw, on="user_id", how="left").sort("user_idx")
+    items = item_map.join(items_raw, on="item_id", how="left").sort("item_idx")
+    check_partition(users, items, scenario, group_attribute, origin=raw.users.path)
+    users, items = assign_roles(users, items, scenario)
+
+    key = fingerprint_text(raw.interactions.fingerprint, preprocess.model_dump(), split.model_dump(),
+                           scenario.model_dump(), group_attribute)
+    out_dir = cache_root / f"preprocess-{key}"
+    prepared = PreparedData(
+        events=write_parquet(events, out_dir / "events.parquet"),
+        sequences=write_parquet(build_sequences(events), out_dir / "sequences.parquet"),
+        users=write_parquet(users, out_dir / "users.parquet"),
+        items=write_parquet(items, out_dir / "items.parquet"),
+        n_users=users.height,
+        n_items=items.height + 1,
+        n_events=events.height,
+        dropped_events=raw_count - events.height,
+    )
+    log.info(
+        "preprocessed: %d users, %d items, %d interactions kept, %d dropped (dedupe, rating, %d-core, split)",
+        prepared.n_users, prepared.n_items - 1, prepared.n_events, prepared.dropped_events, preprocess.k_core,
+    )
+    return prepared
+
+
+@task(name="preprocess", cache_policy=INPUTS + TASK_SOURCE, persist_result=True)
+def preprocess(
+    raw: RawTables,
+    preprocess_cfg: PreprocessConfig,
+    split: SplitConfig,
+    scenario: ScenarioConfig,
+    group_attribute: str | None,
+    cache_root: Path,
+) -> PreparedData:
+    """Prefect task: preprocess the raw tables into indexed, split sequences."""
+    return prepare_data(raw, preprocess_cfg, split, scenario, group_attribute, cache_root)

@@ -1,0 +1,134 @@
+"""A run's folder and MLflow runs: open them, record metrics, close them.
+
+Output contract of a run folder (scripts and schedulers rely on it):
+  config.yaml               the resolved config
+  metrics.csv               scenario, model, split, group, metric, k, value
+  recommendations.parquet   user_id, item_id, rank, score  (and the same as .csv)
+  run.json                  MLflow run id and tracking URI, paths, counts
+"""
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import polars as pl
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from conf.loading import dump_config
+from conf.schema import PipelineConfig
+from tasks import schemas, tracking
+from tasks.evaluation import metric_key
+from tasks.export import ExportedRecommendations
+from tasks.io import TableRef, fingerprint_text, read_table, write_csv, write_json, write_text
+from tasks.preprocessing import PreparedData
+from tasks.training import TrainedModel
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Where a run writes and which MLflow runs it owns (the pipeline's and one per model)."""
+
+    name: str
+    run_dir: Path
+    cache_root: Path
+    tracking_uri: str
+    mlflow_run_id: str
+    model_run_ids: dict[str, str] = field(default_factory=dict)
+
+
+def new_run_name(config_name: str) -> str:
+    """`<config>-<UTC timestamp>-<random>`: unique even for runs started in the same second."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"{config_name}-{stamp}-{secrets.token_hex(3)}"
+
+
+def open_run_folder(config: PipelineConfig, flow_run_id: str | None = None) -> RunContext:
+    """Create the run folder with config.yaml, and the MLflow run with a nested run per model."""
+    root = Path(config.output.root).resolve()
+    name = config.output.run_name or new_run_name(config.name)
+    run_dir = root / name
+    if run_dir.exists():
+        raise FileExistsError(f"output.run_name: run folder {run_dir} already exists; choose another name")
+    run_dir.mkdir(parents=True)
+    write_text(dump_config(config), run_dir / "config.yaml")
+
+    uri = tracking.resolve_tracking_uri(config.tracking)
+    tags = {
+        "dataset": config.data.source,
+        "scenario": config.scenario.name,
+        "protocol": config.split.protocol,
+        "config_name": config.name,
+        "config_hash": fingerprint_text(config.model_dump(mode="json")),
+        "git_commit": tracking.git_commit(),
+        "run_dir": str(run_dir),
+    } | ({"prefect_flow_run_id": flow_run_id} if flow_run_id else {})
+    parent = tracking.start_run(uri, config.tracking.experiment, name,
+                                tracking.flatten(config.model_dump(mode="json")), tags)
+    tracking.log_files(uri, parent, [run_dir / "config.yaml"])
+    children = {
+        model.name: tracking.start_run(uri, config.tracking.experiment, f"{name}/{model.name}",
+                                       tracking.flatten(model.model_dump(mode="json"), "model."),
+                                       tags | {"model": model.name, "model_kind": model.kind}, parent_run_id=parent)
+        for model in config.models
+    }
+    return RunContext(name, run_dir, root / "cache", uri, parent, children)
+
+
+def record_metrics(run: RunContext, trained: list[TrainedModel], tables: list[TableRef],
+                   prepared: PreparedData) -> TableRef:
+    """Write metrics.csv and log every value to the pipeline run and each model's nested run."""
+    metrics = pl.concat([read_table(ref, schemas.METRICS, "metrics") for ref in tables])
+    ref = write_csv(metrics, run.run_dir / "metrics.csv")
+    parent_metrics = {}
+    for model in trained:
+        rows = metrics.filter(pl.col("model") == model.name).to_dicts()
+        model_metrics = {metric_key(row): row["value"] for row in rows}
+        model_metrics |= {"train/epochs": model.epochs, "train/seconds": model.seconds}
+        run_id = run.model_run_ids[model.name]
+        tracking.log_metrics(run.tracking_uri, run_id, model_metrics)
+        if model.training_run_id and model.training_run_id != run_id:
+            # Training came from the task cache: point to the run that holds its curves.
+            tracking.set_tags(run.tracking_uri, run_id, {"trained_in_run_id": model.training_run_id})
+        tracking.end_run(run.tracking_uri, run_id)
+        parent_metrics |= {metric_key(row).replace("/", f"/{model.name}/", 1): row["value"] for row in rows}
+    parent_metrics |= {"data/users": prepared.n_users, "data/items": prepared.n_items - 1,
+                       "data/interactions": prepared.n_events}
+    tracking.log_metrics(run.tracking_uri, run.mlflow_run_id, parent_metrics)
+    return ref
+
+
+def close_run_folder(run: RunContext, metrics: TableRef, exported: ExportedRecommendations,
+                     prepared: PreparedData) -> Path:
+    """Write run.json, upload the run's files to MLflow, and mark the MLflow run finished."""
+    summary = {
+        "run_name": run.name,
+        "run_dir": str(run.run_dir),
+        "mlflow_run_id": run.mlflow_run_id,
+        "mlflow_tracking_uri": run.tracking_uri,
+        "model_run_ids": run.model_run_ids,
+        "metrics": metrics.path,
+        "recommendations": {"parquet": exported.parquet.path, "csv": exported.csv.path,
+                            "model": exported.model, "rows": exported.rows},
+        "data": {"users": prepared.n_users, "items": prepared.n_items - 1, "interactions": prepared.n_events,
+                 "dropped_interactions": prepared.dropped_events, "tables": str(Path(prepared.events.path).parent)},
+    }
+    run_json = write_json(summary, run.run_dir / "run.json")
+    tracking.log_files(run.tracking_uri, run.mlflow_run_id,
+                       [Path(metrics.path), Path(exported.parquet.path), Path(exported.csv.path), run_json])
+    tracking.set_tags(run.tracking_uri, run.mlflow_run_id, {"exported_model": exported.model})
+    tracking.end_run(run.tracking_uri, run.mlflow_run_id)
+    return run_json
+
+
+def fail_run(run: RunContext) -> None:
+    """Mark the run's MLflow runs FAILED (the folder keeps what was written, all of it complete files)."""
+    for run_id in [*run.model_run_ids.values(), run.mlflow_run_id]:
+        tracking.end_run(run.tracking_uri, run_id, "FAILED")
+
+
+open_run = task(open_run_folder, name="open-run", cache_policy=NO_CACHE)
+log_metrics = task(record_metrics, name="record-metrics", cache_policy=NO_CACHE)
+close_run = task(close_run_folder, name="close-run", cache_policy=NO_CACHE)

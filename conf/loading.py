@@ -89,7 +89,12 @@ def validate(document: dict[str, Any], origin: str) -> PipelineConfig:
     except ValidationError as err:
         problems = []
         for error in err.errors():
-            location = ".".join(str(part) for part in error["loc"]) or "(top level)"
+            loc = list(error["loc"])
+            # The tagged union of models puts the member's tag after the index (models.1.rnn.hidden_dim);
+            # drop it so the message names the path a preset or `--set` uses (models.1.hidden_dim).
+            if len(loc) > 2 and loc[0] == "models" and isinstance(loc[1], int):
+                del loc[2]
+            location = ".".join(str(part) for part in loc) or "(top level)"
             message = error["msg"].removeprefix("Value error, ")
             if error["type"] == "extra_forbidden":
                 message = "unknown key"

@@ -12,18 +12,9 @@ import os
 import sys
 from pathlib import Path
 
-# Offline-safe defaults, set before Prefect or MLflow is imported (they read them at import).
-for _name, _value in {
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
-    "PREFECT_LOGGING_EXTRA_LOGGERS": "tasks,models",
-    "HF_HUB_OFFLINE": "1",
-}.items():
-    os.environ.setdefault(_name, _value)
-
-from conf.loading import ConfigError, dump_config, load_config  # noqa: E402
-from conf.schema import PipelineConfig  # noqa: E402
+import flows  # noqa: F401  (sets offline-safe environment defaults before Prefect is imported)
+from conf.loading import ConfigError, dump_config, load_config
+from conf.schema import PipelineConfig
 
 DEMO_PROTOCOLS = (("leave_one_out", []), ("last_n", ["split.protocol=last_n"]))
 
@@ -104,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from rich.console import Console
 
-    console = Console()
+    # Wide enough for the metrics table when output goes to a file or a CI log (rich assumes 80).
+    console = Console() if sys.stdout.isatty() else Console(width=160)
     try:
         if args.command == "validate":
             console.print(dump_config(config_from_args(args)), end="", markup=False, highlight=False)

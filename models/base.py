@@ -22,7 +22,9 @@ from conf.schema import TrainConfig
 from models.data import EvalBatch, SequenceData, SequenceDataModule
 from models.metrics import ndcg_at_k
 
-VALID_METRIC = "valid/ndcg_at_10"
+# Training curves get their own namespace so they never mix with the final evaluation metrics.
+VALID_METRIC = "curve/valid_ndcg_at_10"
+TRAIN_LOSS = "curve/train_loss"
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,7 @@ class SequentialRecommender(pl.LightningModule):
         labelled = targets > 0
         interest = self.encode(inputs)[labelled]  # [M, H]: only positions with a next item
         loss = nn.functional.cross_entropy(self.output(interest), targets[labelled])
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=int(labelled.sum()))
+        self.log(TRAIN_LOSS, loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=int(labelled.sum()))
         return loss
 
     def validation_step(self, batch: EvalBatch, batch_index: int) -> None:

@@ -74,7 +74,10 @@ class NextItemWindows(Dataset):
     def collate(self, windows: list[np.ndarray]) -> tuple[Tensor, Tensor]:
         """Left-padded (inputs [B, T], targets [B, T]); target 0 marks positions without a label."""
         padded = left_pad(windows, self.max_len + 1)
-        return padded[:, :-1], padded[:, 1:]
+        inputs, targets = padded[:, :-1], padded[:, 1:]
+        # A short window's first item would otherwise be a target read from padding alone: the
+        # user's first event, labelled only when the window happens to be shorter than max_len + 1.
+        return inputs, targets.masked_fill(inputs == 0, 0)
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ class ExportedRecommendations:
 
 def recommend_top_k(model: Recommender, data: SequenceData, top_k: int, max_seq_len: int,
                     batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(user position [U·K], item_idx [U·K], score [U·K]) of each user's top_k unseen items.
+    """(user position [U·K], item_idx [U·K], score [U·K]) of each user's top_k items, seen ones at -inf.
 
     The whole history (train, valid and test) is the input: this is the next recommendation to make.
     """
@@ -54,13 +54,17 @@ def export_top_k(prepared: PreparedData, trained: TrainedModel, cfg: ExportConfi
     data = load_sequence_data(prepared)
     model = load_model(Path(trained.model_file.path))
     user_position, item_idx, score = recommend_top_k(model, data, cfg.top_k, max_seq_len)
+    ranks = np.tile(np.arange(1, cfg.top_k + 1, dtype=np.int32), len(data.train))
+    # A user with fewer than top_k unseen items gets a shorter list, never a seen item or padding.
+    rankable = np.isfinite(score)
+    user_position, item_idx, score, ranks = (a[rankable] for a in (user_position, item_idx, score, ranks))
     users = read_table(prepared.users, schemas.USER_INDEX, "users").sort("user_idx")["user_id"]
     items = read_table(prepared.items, schemas.ITEM_INDEX, "items").sort("item_idx")["item_id"]
     recommendations = pl.DataFrame(
         {
             "user_id": users.gather(user_position),
             "item_id": items.gather(item_idx - 1),  # item_idx starts at 1
-            "rank": np.tile(np.arange(1, cfg.top_k + 1, dtype=np.int32), len(data.train)),
+            "rank": ranks,
             "score": score.astype(np.float64),
         }
     )

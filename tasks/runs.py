@@ -5,10 +5,13 @@ Output contract of a run folder (scripts and schedulers rely on it):
   metrics.csv               scenario, model, split, group, metric, k, value
   recommendations.parquet   user_id, item_id, rank, score  (and the same as .csv)
   run.json                  MLflow run id and tracking URI, paths, counts
+  data/                     the preprocessed tables (events, sequences, users, items) as Parquet
 """
 from __future__ import annotations
 
+import os
 import secrets
+import shutil
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -100,6 +103,17 @@ def record_metrics(run: RunContext, trained: list[TrainedModel], tables: list[Ta
     return ref
 
 
+def link_tables(prepared: PreparedData, data_dir: Path) -> None:
+    """Put the preprocessed tables into the run folder: hard links to the cached files (copies across disks)."""
+    data_dir.mkdir(exist_ok=True)
+    for ref in (prepared.events, prepared.sequences, prepared.users, prepared.items):
+        source, target = Path(ref.path), data_dir / Path(ref.path).name
+        try:
+            os.link(source, target)
+        except OSError:
+            shutil.copyfile(source, target)
+
+
 def close_run_folder(run: RunContext, metrics: TableRef, exported: ExportedRecommendations,
                      prepared: PreparedData) -> Path:
     """Write run.json, upload the run's files to MLflow, and mark the MLflow run finished."""
@@ -113,8 +127,9 @@ def close_run_folder(run: RunContext, metrics: TableRef, exported: ExportedRecom
         "recommendations": {"parquet": exported.parquet.path, "csv": exported.csv.path,
                             "model": exported.model, "rows": exported.rows},
         "data": {"users": prepared.n_users, "items": prepared.n_items - 1, "interactions": prepared.n_events,
-                 "dropped_interactions": prepared.dropped_events, "tables": str(Path(prepared.events.path).parent)},
+                 "dropped_interactions": prepared.dropped_events, "tables": str(run.run_dir / "data")},
     }
+    link_tables(prepared, run.run_dir / "data")
     run_json = write_json(summary, run.run_dir / "run.json")
     tracking.log_files(run.tracking_uri, run.mlflow_run_id,
                        [Path(metrics.path), Path(exported.parquet.path), Path(exported.csv.path), run_json])

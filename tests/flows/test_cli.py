@@ -1,0 +1,45 @@
+"""The `itx` command as a user runs it: exit codes, one-line errors, and a real run."""
+import subprocess
+import sys
+from pathlib import Path
+
+from conf.loading import preset_path
+
+ITX = [sys.executable, "-m", "flows.cli"]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def itx(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([*ITX, *args], capture_output=True, text=True, cwd=cwd, timeout=600,
+                          env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+
+
+def test_unknown_key_fails_before_any_work_with_the_key_path(tmp_path):
+    result = itx("run", str(preset_path("experiments/tiny.yaml")), "--set", "train.max_epoch=3",
+                 "--output-dir", str(tmp_path / "out"), cwd=tmp_path)
+    assert result.returncode == 2
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("itx: error:")]
+    assert len(error_lines) == 1 and "train.max_epoch: unknown key" in error_lines[0]
+    assert not (tmp_path / "out").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_missing_config_file_is_named(tmp_path):
+    result = itx("run", "no/such.yaml", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "no/such.yaml: config file not found" in result.stderr
+
+
+def test_validate_prints_the_resolved_config(tmp_path):
+    result = itx("validate", "--set", "split.protocol=last_n", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "protocol: last_n" in result.stdout and "holdout_n: 3" in result.stdout
+
+
+def test_itx_run_writes_a_run_folder_and_prints_where_it_is(tmp_path):
+    result = itx("run", str(preset_path("experiments/tiny.yaml")), "--output-dir", str(tmp_path / "out"),
+                 "--run-name", "cli-run", "--set", "train.max_epochs=1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    run_dir = tmp_path / "out" / "cli-run"
+    assert f"run folder:      {run_dir}" in result.stdout
+    assert (run_dir / "metrics.csv").is_file() and (run_dir / "recommendations.parquet").is_file()
+    assert (tmp_path / "mlflow.db").is_file()  # default store: sqlite in the working directory

@@ -1,0 +1,297 @@
+"""Preprocessing steps on hand-built frames, then prepare_data end to end on the tiny synthetic shop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from conf.loading import load_config, preset_path
+from conf.schema import PipelineConfig, PreprocessConfig, ScenarioConfig
+from tasks.ingestion import ingest_dataset
+from tasks.preprocessing import (
+    PreparedData,
+    assign_roles,
+    assign_splits,
+    build_sequences,
+    check_partition,
+    dedupe,
+    filter_by_rating,
+    index_ids,
+    k_core,
+    prepare_data,
+)
+from tasks.schemas import DataError
+
+
+def interactions(rows: list[tuple[str, str, int]]) -> pl.DataFrame:
+    """Raw interactions from (user_id, item_id, timestamp) rows."""
+    return pl.DataFrame(rows, schema={"user_id": pl.String, "item_id": pl.String, "timestamp": pl.Int64},
+                        orient="row")
+
+
+def indexed_events(rows: list[tuple[int, int, int]]) -> pl.DataFrame:
+    """Indexed events from (user_idx, item_idx, timestamp) rows."""
+    return pl.DataFrame(rows, schema={"user_idx": pl.Int32, "item_idx": pl.Int32, "timestamp": pl.Int64},
+                        orient="row")
+
+
+def pairs(frame: pl.DataFrame) -> list[tuple[str, str]]:
+    """Sorted (user_id, item_id) pairs of a frame."""
+    return sorted(frame.select("user_id", "item_id").iter_rows())
+
+
+def splits_by_item(frame: pl.DataFrame, user_idx: int) -> dict[int, str]:
+    """item_idx -> split of one user's events."""
+    return dict(frame.filter(pl.col("user_idx") == user_idx).select("item_idx", "split").iter_rows())
+
+
+# --- filtering and dedupe ----------------------------------------------------------------------
+
+
+def test_filter_by_rating_keeps_ratings_at_or_above_the_threshold():
+    events = pl.LazyFrame({"user_id": ["a", "a", "b", "b"], "item_id": ["x", "y", "x", "z"],
+                           "rating": [1.0, 3.5, 4.0, 5.0]})
+    kept = filter_by_rating(events, 4.0).collect()
+    assert kept["rating"].to_list() == [4.0, 5.0]  # 4.0 itself is kept: the bound is inclusive
+
+
+def test_filter_by_rating_none_keeps_everything():
+    events = pl.LazyFrame({"user_id": ["a", "b"], "item_id": ["x", "x"], "rating": [1.0, 2.0]})
+    assert filter_by_rating(events, None).collect().height == 2
+
+
+def test_dedupe_user_item_keeps_the_earliest_event_of_a_repeated_pair():
+    events = interactions([("a", "x", 50), ("a", "y", 30), ("a", "x", 20), ("b", "x", 70), ("a", "x", 90)])
+    kept = dedupe(events.lazy(), "user_item").collect()
+    # (a, x) happened at 50, 20 and 90: only t=20 survives; (b, x) is another user's pair and stays.
+    assert sorted(kept.iter_rows()) == [("a", "x", 20), ("a", "y", 30), ("b", "x", 70)]
+
+
+def test_dedupe_exact_drops_identical_rows_but_keeps_repeats_at_other_times():
+    events = interactions([("a", "x", 50), ("a", "x", 50), ("a", "x", 90), ("b", "x", 50)])
+    kept = dedupe(events.lazy(), "exact").collect()
+    assert sorted(kept.iter_rows()) == [("a", "x", 50), ("a", "x", 90), ("b", "x", 50)]
+
+
+# --- k-core ------------------------------------------------------------------------------------
+
+
+def test_k_core_repeats_until_a_fixpoint_where_one_pass_is_not_enough():
+    # k=2. Core: users A, B x items X, Y. Hanging off it: C (Z, P) and D (Z, X).
+    # Counts: users A2 B2 C2 D2; items X3 Y2 Z2 P1.
+    # pass 1: P has 1 -> drop (C,P); now C has 1.    pass 2: drop (C,Z); now Z has 1.
+    # pass 3: drop (D,Z); now D has 1.                pass 4: drop (D,X); X back to 2.  pass 5: stable.
+    events = interactions([
+        ("A", "X", 1), ("A", "Y", 2), ("B", "X", 3), ("B", "Y", 4),
+        ("C", "Z", 5), ("C", "P", 6), ("D", "Z", 7), ("D", "X", 8),
+    ])
+    cored = k_core(events, 2)
+    assert pairs(cored) == [("A", "X"), ("A", "Y"), ("B", "X"), ("B", "Y")]
+    assert cored.group_by("user_id").len()["len"].min() >= 2
+    assert cored.group_by("item_id").len()["len"].min() >= 2
+    assert k_core(cored, 2).equals(cored)
+
+
+def test_k_core_with_k_one_keeps_everything():
+    events = interactions([("A", "X", 1), ("B", "Y", 2)])
+    assert k_core(events, 1).height == 2
+
+
+def test_k_core_can_empty_the_table():
+    # A 2-user, 2-item square survives k=2 but not k=3.
+    events = interactions([("A", "X", 1), ("A", "Y", 2), ("B", "X", 3), ("B", "Y", 4)])
+    assert k_core(events, 2).height == 4
+    assert k_core(events, 3).is_empty()
+
+
+# --- ids ---------------------------------------------------------------------------------------
+
+
+def test_index_ids_is_contiguous_from_one_in_sorted_id_order():
+    events = interactions([("c", "x", 1), ("a", "x", 2), ("b", "y", 3), ("a", "y", 4)])
+    mapping = index_ids(events, "user_id")
+    assert mapping.columns == ["user_id", "user_idx"]
+    assert mapping["user_idx"].dtype == pl.Int32
+    assert list(mapping.iter_rows()) == [("a", 1), ("b", 2), ("c", 3)]  # 0 stays free for padding
+
+
+def test_index_ids_is_a_bijection_between_ids_and_indices():
+    events = interactions([(f"u{i % 7}", f"i{i % 11}", i) for i in range(40)])
+    mapping = index_ids(events, "item_id")
+    assert mapping["item_id"].n_unique() == mapping["item_idx"].n_unique() == mapping.height == 11
+    assert sorted(mapping["item_idx"].to_list()) == list(range(1, 12))
+
+
+# --- temporal split ----------------------------------------------------------------------------
+
+
+def test_leave_one_out_holds_out_the_last_event_for_test_and_the_one_before_for_valid():
+    # User 1's events arrive shuffled; by time the order is items 10, 11, 12, 13, 14.
+    events = indexed_events([(1, 13, 400), (1, 10, 100), (1, 14, 500), (1, 12, 300), (1, 11, 200)])
+    split = assign_splits(events, 1)
+    assert splits_by_item(split, 1) == {10: "train", 11: "train", 12: "train", 13: "valid", 14: "test"}
+
+
+def test_split_never_puts_a_later_event_before_an_earlier_split():
+    events = indexed_events(
+        [(1, i, t) for i, t in zip(range(1, 9), [80, 10, 70, 20, 60, 30, 50, 40])]
+        + [(2, i, t) for i, t in zip(range(1, 6), [5, 5, 9, 1, 9])]  # ties in time
+    )
+    for holdout in (1, 2):
+        split = assign_splits(events, holdout)
+        bounds = split.group_by("user_idx", "split").agg(
+            pl.col("timestamp").min().alias("first"), pl.col("timestamp").max().alias("last")
+        )
+        for user in (1, 2):
+            rows = bounds.filter(pl.col("user_idx") == user).iter_rows(named=True)
+            by_split = {row["split"]: row for row in rows}
+            assert by_split["train"]["last"] <= by_split["valid"]["first"]
+            assert by_split["valid"]["last"] <= by_split["test"]["first"]
+
+
+def test_ties_in_time_are_ordered_by_item_idx_whatever_the_input_order():
+    # Items 9 and 4 share the last timestamp: ordered 4 then 9, so 9 is test and 4 valid.
+    rows = [(1, 9, 300), (1, 2, 100), (1, 4, 300), (1, 7, 200)]
+    expected = {2: "train", 7: "train", 4: "valid", 9: "test"}
+    assert splits_by_item(assign_splits(indexed_events(rows), 1), 1) == expected
+    assert splits_by_item(assign_splits(indexed_events(rows[::-1]), 1), 1) == expected
+
+
+def test_users_with_too_few_events_for_the_holdout_are_dropped():
+    # holdout 1 needs 2*1 + 1 = 3 events: user 1 has 3 (one train event), user 2 has only 2.
+    events = indexed_events([(1, 1, 1), (1, 2, 2), (1, 3, 3), (2, 1, 1), (2, 2, 2)])
+    split = assign_splits(events, 1)
+    assert split["user_idx"].unique().to_list() == [1]
+    assert splits_by_item(split, 1) == {1: "train", 2: "valid", 3: "test"}
+
+
+def test_last_n_holdout_of_three_gives_three_valid_and_three_test_items_per_user():
+    # holdout 3 needs 7 events: user 1 has 8 (2 train), user 2 has 7 (1 train), user 3 has 6 (dropped).
+    events = indexed_events(
+        [(1, i, 10 * i) for i in range(1, 9)] + [(2, i, 10 * i) for i in range(1, 8)]
+        + [(3, i, 10 * i) for i in range(1, 7)]
+    )
+    split = assign_splits(events, 3)
+    counts = dict(split.group_by("user_idx", "split").len().select(
+        pl.concat_str("user_idx", "split", separator="/"), "len").iter_rows())
+    assert counts == {"1/train": 2, "1/valid": 3, "1/test": 3, "2/train": 1, "2/valid": 3, "2/test": 3}
+    assert [i for i, s in sorted(splits_by_item(split, 1).items()) if s == "test"] == [6, 7, 8]
+
+
+def test_build_sequences_lists_each_split_in_time_order():
+    events = indexed_events([(2, 5, 30), (1, 3, 20), (1, 8, 10), (2, 6, 10), (1, 4, 40), (1, 1, 30),
+                             (2, 7, 20), (2, 9, 40)])
+    split = assign_splits(events, 1)
+    sequences = build_sequences(split)
+    # User 1 by time: 8, 3, 1, 4.   User 2 by time: 6, 7, 5, 9.
+    assert sequences.to_dicts() == [
+        {"user_idx": 1, "train": [8, 3], "valid": [1], "test": [4]},
+        {"user_idx": 2, "train": [6, 7], "valid": [5], "test": [9]},
+    ]
+
+
+# --- source/target roles -----------------------------------------------------------------------
+
+USERS = pl.DataFrame({"user_idx": [1, 2, 3], "gender": ["M", "F", "X"]})
+ITEMS = pl.DataFrame({"item_idx": [1, 2, 3], "domain": ["books", "movies", "music"]})
+
+
+def test_user_group_roles_mark_source_target_and_other_users():
+    users, items = assign_roles(USERS, ITEMS, ScenarioConfig(partition="user_group", source="M", target="F"))
+    assert users["role"].to_list() == ["source", "target", "other"]
+    assert items["role"].to_list() == ["all", "all", "all"]
+
+
+def test_item_domain_roles_mark_source_target_and_other_items():
+    users, items = assign_roles(USERS, ITEMS, ScenarioConfig(partition="item_domain", source="books",
+                                                             target="movies"))
+    assert items["role"].to_list() == ["source", "target", "other"]
+    assert users["role"].to_list() == ["all", "all", "all"]
+
+
+def test_check_partition_accepts_values_that_occur():
+    check_partition(USERS, ITEMS, ScenarioConfig(source="M", target="F"), "gender", origin="users.parquet")
+
+
+def test_check_partition_names_scenario_target_when_its_value_is_absent():
+    men_only = USERS.filter(pl.col("gender") == "M")
+    with pytest.raises(DataError, match=r"^users\.parquet: scenario\.target 'F' does not occur in column 'gender'"):
+        check_partition(men_only, ITEMS, ScenarioConfig(source="M", target="F"), None, origin="users.parquet")
+
+
+def test_check_partition_names_the_missing_domain_for_item_domain():
+    scenario = ScenarioConfig(partition="item_domain", source="books", target="games")
+    with pytest.raises(DataError, match=r"scenario\.target 'games' does not occur in column 'domain'"):
+        check_partition(USERS, ITEMS, scenario, None, origin="items.parquet")
+
+
+def test_check_partition_names_evaluation_group_attribute_for_a_missing_column():
+    expected = r"users\.parquet: evaluation\.group_attribute 'age_band' is not a users column"
+    with pytest.raises(DataError, match=expected):
+        check_partition(USERS, ITEMS, ScenarioConfig(), "age_band", origin="users.parquet")
+
+
+# --- prepare_data on the tiny synthetic shop ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_config() -> PipelineConfig:
+    return load_config(preset_path("experiments/tiny.yaml"))
+
+
+def prepare(config: PipelineConfig, root: Path, preprocess: PreprocessConfig | None = None) -> PreparedData:
+    """Ingest the configured shop into `root` and preprocess it there."""
+    raw = ingest_dataset(config.data, config.seed, root)
+    return prepare_data(raw, preprocess or config.preprocess, config.split, config.scenario,
+                        config.evaluation.group_attribute, root)
+
+
+@pytest.fixture(scope="module")
+def tiny_prepared(tiny_config, tmp_path_factory) -> PreparedData:
+    return prepare(tiny_config, tmp_path_factory.mktemp("prepared"))
+
+
+def test_prepared_users_and_items_have_contiguous_indices(tiny_prepared):
+    users = pl.read_parquet(tiny_prepared.users.path)
+    items = pl.read_parquet(tiny_prepared.items.path)
+    assert users["user_idx"].to_list() == list(range(1, tiny_prepared.n_users + 1))
+    assert items["item_idx"].to_list() == list(range(1, tiny_prepared.n_items))  # n_items counts padding 0
+    assert users["user_id"].n_unique() == users.height and items["item_id"].n_unique() == items.height
+    assert set(users["role"]) == {"source", "target"}  # tiny: every user is M or F
+
+
+def test_prepared_sequences_have_every_split_for_every_user(tiny_prepared):
+    sequences = pl.read_parquet(tiny_prepared.sequences.path)
+    assert sequences.height == tiny_prepared.n_users
+    assert sequences["train"].list.len().min() >= 1
+    assert sequences["valid"].list.len().to_list() == [1] * sequences.height  # leave_one_out
+    assert sequences["test"].list.len().to_list() == [1] * sequences.height
+
+
+def test_prepared_events_respect_k_core_and_time_order(tiny_config, tiny_prepared):
+    events = pl.read_parquet(tiny_prepared.events.path)
+    assert events.height == tiny_prepared.n_events
+    # k_core=5 leaves every user at least 5 events, more than the 3 leave_one_out needs, so the
+    # split drops nobody and the k-core bound still holds in the written table.
+    k = tiny_config.preprocess.k_core
+    assert events.group_by("user_idx").len()["len"].min() >= k
+    assert events.group_by("item_idx").len()["len"].min() >= k
+    bounds = events.group_by("user_idx", "split").agg(pl.col("timestamp").min().alias("first"),
+                                                        pl.col("timestamp").max().alias("last"))
+    first_last = {(user, split): (first, last) for user, split, first, last in bounds.iter_rows()}
+    for user in range(1, tiny_prepared.n_users + 1):
+        assert first_last[(user, "train")][1] <= first_last[(user, "valid")][0] <= first_last[(user, "test")][0]
+
+
+def test_prepare_data_gives_the_same_sequences_for_the_same_config_and_seed(tiny_config, tiny_prepared, tmp_path):
+    again = prepare(tiny_config, tmp_path)
+    assert again.sequences.path != tiny_prepared.sequences.path
+    assert pl.read_parquet(again.sequences.path).equals(pl.read_parquet(tiny_prepared.sequences.path))
+    assert again.sequences.fingerprint == tiny_prepared.sequences.fingerprint
+
+
+def test_prepare_data_raises_when_k_core_leaves_nothing(tiny_config, tmp_path):
+    with pytest.raises(DataError, match=r"no interactions left after .*preprocess\.k_core=10000; lower them"):
+        prepare(tiny_config, tmp_path, PreprocessConfig(k_core=10_000))

@@ -10,7 +10,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 export HF_HUB_OFFLINE := 1
 
-.PHONY: venv demo test test-fast bench clean mlflow-ui
+.PHONY: venv demo test test-fast bench clean mlflow-ui prefect-ui
 
 venv: $(STAMP)
 
@@ -40,3 +40,7 @@ mlflow-ui: $(STAMP)
 
 clean:
 	rm -rf outputs mlflow.db mlruns .pytest_cache
+
+# Prefect UI on http://127.0.0.1:4200; in another shell: export PREFECT_API_URL=http://127.0.0.1:4200/api
+prefect-ui: $(STAMP)
+	$(BIN)/prefect server start --host 127.0.0.1 --port 4200

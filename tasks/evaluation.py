@@ -71,9 +71,10 @@ def evaluate_trained(prepared: PreparedData, trained: TrainedModel, cfg: Evaluat
     key = fingerprint_text(prepared.sequences.fingerprint, trained.model_file.fingerprint, cfg.model_dump(),
                            scenario, max_seq_len)
     metrics = pl.concat(tables)
+    k = 10 if 10 in cfg.ks else max(cfg.ks)
     test_ndcg = metrics.filter((pl.col("split") == "test") & (pl.col("group") == ALL_USERS)
-                               & (pl.col("metric") == "ndcg") & (pl.col("k") == max(cfg.ks)))
-    log.info("evaluated %s on %d users: test NDCG@%d %.4f", trained.name, len(data.train), max(cfg.ks),
+                               & (pl.col("metric") == "ndcg") & (pl.col("k") == k))
+    log.info("evaluated %s on %d users: test NDCG@%d %.4f", trained.name, len(data.train), k,
              test_ndcg["value"].item())
     return write_parquet(metrics, cache_root / f"evaluate-{trained.name}-{key}" / "metrics.parquet")
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import polars as pl
+import pytorch_lightning as pl
 from prefect import task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 from pytorch_lightning.loggers import MLFlowLogger
@@ -59,6 +59,8 @@ def train_recommender(prepared: PreparedData, model_cfg: ModelConfig, train: Tra
                       mlflow_run_id: str | None = None) -> TrainedModel:
     """Fit the configured model (curves to the given MLflow run) and save it under cache_root."""
     data = load_sequence_data(prepared)
+    # Seed before the model is built: weight initialisation draws from the global generator too.
+    pl.seed_everything(seed, workers=True)
     model = build_model(model_cfg.kind, prepared.n_items, model_options(model_cfg, train, exclude_seen))
     key = fingerprint_text(prepared.sequences.fingerprint, model_cfg.model_dump(), train.model_dump(), seed,
                            exclude_seen)

@@ -5,6 +5,7 @@ any entry point (the `itx` CLI, a deployment, `python -m flows.pipeline`) import
 """
 import logging
 import os
+import warnings
 
 for _name, _value in {
     "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -18,3 +19,8 @@ for _name, _value in {
 
 for _logger in ("tasks", "models"):
     logging.getLogger(_logger).setLevel(logging.INFO)
+
+# Noise that says nothing about this run: Lightning's advertisement for its hosted logger and a
+# deprecation inside Lightning itself (pytorch_lightning 2.6.6 with torch 2.13).
+logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(lambda record: "litlogger" not in record.getMessage())
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")

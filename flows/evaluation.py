@@ -14,7 +14,7 @@ def evaluation_flow(config: PipelineConfig, prepared: PreparedData, trained: lis
                     run: RunContext) -> TableRef:
     """Evaluate each model on valid and test, then write metrics.csv and log to MLflow."""
     tables = [
-        evaluate(prepared, model, config.evaluation, config.scenario.name, config.train.max_seq_len, run.cache_root)
+        evaluate(prepared, model, config.evaluation, config.scenario.name, config.train.max_seq_len, run.cache)
         for model in trained
     ]
     return log_metrics(run, trained, tables, prepared)

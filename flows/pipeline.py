@@ -33,7 +33,7 @@ def pipeline_flow(config: PipelineConfig) -> PipelineResult:
     """Run every stage on the configured data; outputs go to <output.root>/<run name>/."""
     run = open_run(config, flow_run.get_id())
     try:
-        prepared = data_flow(config, run.cache_root)
+        prepared = data_flow(config, run.cache)
         trained = training_flow(config, prepared, run)
         metrics = evaluation_flow(config, prepared, trained, run)
         exported = export_flow(config, prepared, trained, metrics, run)
@@ -42,3 +42,11 @@ def pipeline_flow(config: PipelineConfig) -> PipelineResult:
         fail_run(run)
         raise
     return PipelineResult(run.run_dir, run.mlflow_run_id, run.tracking_uri, metrics, exported, prepared)
+
+
+if __name__ == "__main__":  # `python -m flows.pipeline [CONFIG] [--set k=v ...]` is `itx run`
+    import sys
+
+    from flows.cli import main
+
+    sys.exit(main(["run", *sys.argv[1:]]))

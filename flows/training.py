@@ -11,7 +11,7 @@ from tasks.training import TrainedModel, train
 def training_flow(config: PipelineConfig, prepared: PreparedData, run: RunContext) -> list[TrainedModel]:
     """Train the configured models in order (each cached on data, config and seed)."""
     return [
-        train(prepared, model, config.train, config.seed, config.evaluation.exclude_seen, run.cache_root,
+        train(prepared, model, config.train, config.seed, config.evaluation.exclude_seen, run.cache,
               run.tracking_uri, run.model_run_ids[model.name])
         for model in config.models
     ]

@@ -15,7 +15,7 @@ from models.data import SequenceData, ranking_loader
 from models.metrics import compute_metrics
 from models.registry import load_model
 from tasks import schemas
-from tasks.io import TableRef, fingerprint_text, read_table, write_parquet
+from tasks.io import CacheDir, TableRef, fingerprint_text, read_table, write_parquet
 from tasks.preprocessing import PreparedData
 from tasks.training import TrainedModel, load_sequence_data
 
@@ -87,6 +87,6 @@ def metric_key(row: dict) -> str:
 
 @task(name="evaluate", cache_policy=INPUTS + TASK_SOURCE, persist_result=True)
 def evaluate(prepared: PreparedData, trained: TrainedModel, cfg: EvaluationConfig, scenario: str,
-             max_seq_len: int, cache_root: Path) -> TableRef:
+             max_seq_len: int, cache: CacheDir) -> TableRef:
     """Prefect task: evaluate one trained model."""
-    return evaluate_trained(prepared, trained, cfg, scenario, max_seq_len, cache_root)
+    return evaluate_trained(prepared, trained, cfg, scenario, max_seq_len, cache.path)

@@ -9,12 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from conf.schema import DataConfig
 from tasks import schemas
-from tasks.io import TableRef, fingerprint_text, write_parquet
+from tasks.io import CacheDir, TableRef, fingerprint_text, write_parquet
 from tasks.synthetic import generate_shop
 
 
@@ -61,11 +61,9 @@ def ingest_dataset(cfg: DataConfig, seed: int, cache_root: Path) -> RawTables:
 
 
 @task(name="ingest", retries=2, retry_delay_seconds=5, cache_policy=INPUTS + TASK_SOURCE, persist_result=True)
-def ingest(cfg: DataConfig, seed: int, cache_root: Path) -> RawTables:
+def ingest(cfg: DataConfig, seed: int, cache: CacheDir) -> RawTables:
     """Prefect task: ingest the configured dataset (retried: real sources are downloads)."""
-    raw = ingest_dataset(cfg, seed, cache_root)
+    raw = ingest_dataset(cfg, seed, cache.path)
     rows = pl.scan_parquet(raw.interactions.path).select(pl.len()).collect().item()
-    from prefect import get_run_logger
-
     get_run_logger().info("ingested %s: %d interactions -> %s", cfg.source, rows, Path(raw.interactions.path).parent)
     return raw

@@ -39,6 +39,32 @@ def fingerprint_text(*parts: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class CacheDir:
+    """The folder of cached stage outputs, and its generation.
+
+    Prefect keeps cache records in its own home, which outlives this folder. The generation is a
+    random id created with the folder and part of every cached task's inputs, so once the folder
+    is deleted (`make clean`), records that point into it can never match again.
+    """
+
+    path: Path
+    generation: str
+
+
+def open_cache_dir(path: Path) -> CacheDir:
+    """The cache folder at `path`, created with a fresh generation id when missing."""
+    marker = path / ".generation"
+    if not marker.is_file():
+        path.mkdir(parents=True, exist_ok=True)
+        try:  # exclusive create: concurrent runs agree on one generation
+            with open(marker, "x", encoding="utf-8") as handle:
+                handle.write(uuid.uuid4().hex)
+        except FileExistsError:
+            pass
+    return CacheDir(path, marker.read_text(encoding="utf-8").strip())
+
+
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """A temporary sibling path to write; renamed onto `path` only if the block succeeds."""

@@ -17,7 +17,7 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE
 from conf.schema import PreprocessConfig, ScenarioConfig, SplitConfig
 from tasks import schemas
 from tasks.ingestion import RawTables
-from tasks.io import TableRef, fingerprint_text, scan_table, write_parquet
+from tasks.io import CacheDir, TableRef, fingerprint_text, scan_table, write_parquet
 from tasks.schemas import DataError
 
 log = logging.getLogger(__name__)
@@ -219,7 +219,7 @@ def preprocess(
     split: SplitConfig,
     scenario: ScenarioConfig,
     group_attribute: str | None,
-    cache_root: Path,
+    cache: CacheDir,
 ) -> PreparedData:
     """Prefect task: preprocess the raw tables into indexed, split sequences."""
-    return prepare_data(raw, preprocess_cfg, split, scenario, group_attribute, cache_root)
+    return prepare_data(raw, preprocess_cfg, split, scenario, group_attribute, cache.path)

@@ -25,7 +25,7 @@ from conf.schema import PipelineConfig
 from tasks import schemas, tracking
 from tasks.evaluation import metric_key
 from tasks.export import ExportedRecommendations
-from tasks.io import TableRef, fingerprint_text, read_table, write_csv, write_json, write_text
+from tasks.io import CacheDir, TableRef, fingerprint_text, open_cache_dir, read_table, write_csv, write_json, write_text
 from tasks.preprocessing import PreparedData
 from tasks.training import TrainedModel
 
@@ -36,7 +36,7 @@ class RunContext:
 
     name: str
     run_dir: Path
-    cache_root: Path
+    cache: CacheDir
     tracking_uri: str
     mlflow_run_id: str
     model_run_ids: dict[str, str] = field(default_factory=dict)
@@ -77,7 +77,7 @@ def open_run_folder(config: PipelineConfig, flow_run_id: str | None = None) -> R
                                        tags | {"model": model.name, "model_kind": model.kind}, parent_run_id=parent)
         for model in config.models
     }
-    return RunContext(name, run_dir, root / "cache", uri, parent, children)
+    return RunContext(name, run_dir, open_cache_dir(root / "cache"), uri, parent, children)
 
 
 def record_metrics(run: RunContext, trained: list[TrainedModel], tables: list[TableRef],

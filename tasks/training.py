@@ -16,7 +16,7 @@ from models.base import SequentialRecommender
 from models.data import SequenceData
 from models.registry import MODEL_CLASSES, build_model
 from tasks import schemas
-from tasks.io import TableRef, fingerprint_file, fingerprint_text, read_table
+from tasks.io import CacheDir, TableRef, fingerprint_file, fingerprint_text, read_table
 from tasks.preprocessing import PreparedData
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ def train_recommender(prepared: PreparedData, model_cfg: ModelConfig, train: Tra
 # whichever run asks, and a cache hit points back to the run that holds the curves.
 @task(name="train", cache_policy=(INPUTS + TASK_SOURCE) - "mlflow_run_id" - "tracking_uri", persist_result=True)
 def train(prepared: PreparedData, model_cfg: ModelConfig, train_cfg: TrainConfig, seed: int, exclude_seen: bool,
-          cache_root: Path, tracking_uri: str | None = None, mlflow_run_id: str | None = None) -> TrainedModel:
+          cache: CacheDir, tracking_uri: str | None = None, mlflow_run_id: str | None = None) -> TrainedModel:
     """Prefect task: train one model."""
-    return train_recommender(prepared, model_cfg, train_cfg, seed, exclude_seen, cache_root, tracking_uri,
+    return train_recommender(prepared, model_cfg, train_cfg, seed, exclude_seen, cache.path, tracking_uri,
                              mlflow_run_id)

@@ -106,3 +106,15 @@ def test_table_refs_point_at_existing_files(finished_run):
     _, result = finished_run
     for ref in (result.metrics, result.prepared.sequences, result.recommendations.parquet):
         assert isinstance(ref, TableRef) and Path(ref.path).is_file()
+
+
+def test_deleting_the_output_folder_invalidates_cached_stages(tiny_config_factory):
+    import shutil
+
+    config = tiny_config_factory("train.max_epochs=1")
+    first = pipeline_flow(config)
+    shutil.rmtree(Path(config.output.root))  # what `make clean` does; Prefect's records survive
+    second = pipeline_flow(config)  # would fail reading deleted files if the old records matched
+    assert Path(second.prepared.sequences.path).is_file()
+    assert (second.run_dir / "metrics.csv").is_file()
+    assert not first.run_dir.exists()

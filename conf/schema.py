@@ -57,11 +57,113 @@ class SyntheticConfig(Section):
         return max(20, round(self.n_items * math.sqrt(self.scale)))
 
 
-class DataConfig(Section):
-    """Where interactions come from. Real-data adapters plug in as further `source` values."""
+class RecBoleConfig(Section):
+    """RecBole atomic files: `<name>.inter` (required), `<name>.user`, `<name>.item`; `.gz` read transparently."""
 
-    source: Literal["synthetic"] = "synthetic"
+    path: str = Field(..., description="Folder holding the atomic files.")
+    name: str | None = Field(None, description="File stem; None: the folder's name.")
+    item_text_fields: list[str] = Field(
+        default_factory=list, description="`.item` columns joined into the item title (default: the item id)."
+    )
+    category_field: str | None = Field(None, description="`.item` column used as the item category.")
+    domain: str = Field("default", min_length=1, description="Domain name of every item.")
+
+
+class MovieLensConfig(Section):
+    """MovieLens-1M in its original format: ratings.dat, users.dat, movies.dat (`::`-separated, latin-1)."""
+
+    path: str = Field(..., description="Folder with the .dat files (downloaded there when `download` is true).")
+    download: bool = Field(False, description="Fetch and verify the official zip when the files are missing.")
+
+
+class AmazonConfig(Section):
+    """Amazon Reviews (2018 or 2023 edition): reviews and metadata as gzipped JSON lines, one category a domain."""
+
+    path: str = Field(..., description="Folder holding the category files (downloaded there when `download` is true).")
+    edition: Literal[2018, 2023] = 2023
+    categories: list[str] = Field(..., min_length=1, description="File names' category part, e.g. Grocery_and_Gourmet_Food.")
+    domains: list[str] | None = Field(None, description="Domain name per category; None: the category names.")
+    download: bool = False
+
+    @model_validator(mode="after")
+    def _one_domain_per_category(self) -> AmazonConfig:
+        if self.domains is not None and len(self.domains) != len(self.categories):
+            raise ValueError(f"domains must name each of the {len(self.categories)} categories, got {self.domains}")
+        return self
+
+
+class SequenceFilesConfig(Section):
+    """Cross-domain sequence files as in the Food–Kitchen benchmark (LLMCDSR): items.tsv and interactions.tsv.gz.
+
+    interactions: `user, group, pos, item_id, domain` (order from `pos`, no timestamps); items:
+    `item_id, domain, asin, title`. The `group` column keeps the benchmark's own user split.
+    """
+
+    path: str = Field(..., description="Folder with items.tsv and interactions.tsv(.gz).")
+
+
+class ColumnMap(Section):
+    """Names of the columns of a generic event log."""
+
+    user: str = "user_id"
+    item: str = "item_id"
+    time: str | None = Field("timestamp", description="Event time column; None: order by `position`.")
+    position: str | None = Field(None, description="Order within a user's sequence when there is no time.")
+    rating: str | None = None
+    event: str | None = Field(None, description="Event type column (e.g. view, purchase).")
+    domain: str | None = Field(None, description="Domain of the event's item, when items carry no domain.")
+
+
+class EventLogConfig(Section):
+    """A generic event log in CSV or Parquet, mapped to the pipeline's tables by column names."""
+
+    interactions: str = Field(..., description="Path of the events file (.csv, .tsv, .parquet, optionally .gz for text).")
+    columns: ColumnMap = ColumnMap()
+    time_format: str | None = Field(None, description="strptime format for text times; None: integer/float seconds or ISO-8601.")
+    separator: str = Field(",", min_length=1, max_length=1)
+    keep_events: list[str] | None = Field(None, description="Keep only these event types (needs columns.event).")
+    items: str | None = Field(None, description="Optional item table: item id column plus title/category/domain.")
+    item_columns: dict[str, str] = Field(
+        default_factory=dict, description="Map of pipeline names (item_id, title, category, domain) to item-table columns."
+    )
+    users: str | None = Field(None, description="Optional user table: user id column plus attributes.")
+    user_id_column: str = "user_id"
+
+    @model_validator(mode="after")
+    def _ordering(self) -> EventLogConfig:
+        if self.columns.time is None and self.columns.position is None:
+            raise ValueError("columns: set `time` or `position` so that events can be ordered")
+        if self.keep_events and self.columns.event is None:
+            raise ValueError("keep_events needs columns.event")
+        unknown = set(self.item_columns) - {"item_id", "title", "category", "domain"}
+        if unknown:
+            raise ValueError(f"item_columns: unknown keys {sorted(unknown)}; allowed: item_id, title, category, domain")
+        return self
+
+
+DATA_SOURCES = ("synthetic", "recbole", "movielens", "amazon", "sequence_files", "events")
+
+
+class DataConfig(Section):
+    """Where interactions come from: `source` names the adapter, whose own section must be set."""
+
+    source: Literal["synthetic", "recbole", "movielens", "amazon", "sequence_files", "events"] = "synthetic"
     synthetic: SyntheticConfig = SyntheticConfig()
+    recbole: RecBoleConfig | None = None
+    movielens: MovieLensConfig | None = None
+    amazon: AmazonConfig | None = None
+    sequence_files: SequenceFilesConfig | None = None
+    events: EventLogConfig | None = None
+
+    @model_validator(mode="after")
+    def _source_section_present(self) -> DataConfig:
+        if self.source != "synthetic" and getattr(self, self.source) is None:
+            raise ValueError(f"data.{self.source}: section missing for data.source={self.source}")
+        return self
+
+    def source_config(self) -> Section:
+        """The section of the selected source."""
+        return getattr(self, self.source)
 
 
 class PreprocessConfig(Section):
@@ -76,17 +178,23 @@ class PreprocessConfig(Section):
 
 
 class SplitConfig(Section):
-    """Temporal hold-out per user (RecBole's LS/TO ordering: by time, ties broken by item id)."""
+    """Temporal hold-out per user (RecBole's LS/TO ordering: by time, ties broken by item id), or a
+    dataset's own split of users (`user_groups`)."""
 
-    protocol: Literal["leave_one_out", "last_n"] = Field(
+    protocol: Literal["leave_one_out", "last_n", "user_groups"] = Field(
         "leave_one_out",
-        description="leave_one_out: last item test, second last valid; last_n: last n test, the n before valid.",
+        description="leave_one_out: last item test, second last valid; last_n: last n test, the n before valid; "
+        "user_groups: users of valid_groups/test_groups are held out whole (last item = target, the rest "
+        "only read as history), every other user trains on their whole sequence.",
     )
     holdout_n: int = Field(3, ge=1, description="Items held out per user and split under last_n.")
+    user_group_column: str = Field("split_group", description="User attribute naming each user's split (user_groups).")
+    valid_groups: list[str] = Field(["valid"], min_length=1, description="Values of user_group_column held out for validation.")
+    test_groups: list[str] = Field(["test"], min_length=1, description="Values of user_group_column held out for test.")
 
     def holdout_size(self) -> int:
         """Items held out per user in each of valid and test."""
-        return 1 if self.protocol == "leave_one_out" else self.holdout_n
+        return self.holdout_n if self.protocol == "last_n" else 1
 
 
 class ScenarioConfig(Section):
@@ -97,6 +205,17 @@ class ScenarioConfig(Section):
     attribute: str = Field("gender", description="User attribute that defines groups (user_group partition).")
     source: str | None = Field("M", description="Source group value or domain name.")
     target: str | None = Field("F", description="Target group value or domain name.")
+    reverse: bool = Field(False, description="Swap source and target (resolved at load: saved configs show the swap).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_reverse(cls, values: object) -> object:
+        if isinstance(values, dict) and values.get("reverse"):
+            default = cls.model_fields
+            source = values.get("source", default["source"].default)
+            target = values.get("target", default["target"].default)
+            values = values | {"source": target, "target": source, "reverse": False}
+        return values
 
     @model_validator(mode="after")
     def _source_differs_from_target(self) -> ScenarioConfig:
@@ -138,7 +257,24 @@ class CNNConfig(Section):
     dropout: float = Field(0.3, ge=0, lt=1)
 
 
-ModelConfig = Annotated[PopularityConfig | RNNConfig | CNNConfig, Field(discriminator="kind")]
+class SASRecConfig(Section):
+    """SASRec-style self-attentive extractor (causal Transformer over the item sequence)."""
+
+    kind: Literal["sasrec"] = "sasrec"
+    name: str = "sasrec"
+    embedding_dim: int = Field(64, ge=4)
+    num_blocks: int = Field(2, ge=1, le=12)
+    num_heads: int = Field(1, ge=1)
+    dropout: float = Field(0.2, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _heads_divide_dim(self) -> SASRecConfig:
+        if self.embedding_dim % self.num_heads:
+            raise ValueError(f"embedding_dim {self.embedding_dim} must be divisible by num_heads {self.num_heads}")
+        return self
+
+
+ModelConfig = Annotated[PopularityConfig | RNNConfig | CNNConfig | SASRecConfig, Field(discriminator="kind")]
 
 
 class TrainConfig(Section):
@@ -150,6 +286,7 @@ class TrainConfig(Section):
     weight_decay: float = Field(0.0, ge=0)
     max_seq_len: int = Field(50, ge=2, description="Most recent items a model reads.")
     patience: int = Field(3, ge=1, description="Epochs without validation NDCG@10 gain before stopping.")
+    max_minutes: float | None = Field(None, gt=0, description="Wall-clock training budget per model (Lightning max_time).")
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
     devices: int | str = 1
     precision: Literal["32-true", "16-mixed", "bf16-mixed"] = "32-true"
@@ -162,7 +299,17 @@ class EvaluationConfig(Section):
 
     ks: list[int] = Field([5, 10, 20], min_length=1)
     exclude_seen: bool = Field(True, description="Remove the user's history from the ranking (SASRec/BERT4Rec).")
-    group_attribute: str | None = Field("gender", description="Report metrics per value of this user attribute.")
+    group_attribute: str | None = Field(
+        "gender", description="Report metrics per value of this user attribute; 'target_domain': per held-out item's domain."
+    )
+    candidates: Literal["all", "target_domain"] = Field(
+        "all", description="Rank the whole catalogue, or only items of the held-out item's domain."
+    )
+    sampled_negatives: int | None = Field(
+        None, ge=1, description="None: full ranking. n: rank the held-out items among n negatives drawn uniformly "
+        "without replacement from the candidates (excluding only the held-out items), fixed per user by sample_seed.",
+    )
+    sample_seed: int = Field(42, ge=0, description="Seed of the negative samples (the same draws for every model).")
     batch_size: int = Field(1024, ge=1, description="Users scored at once.")
 
     @field_validator("ks")

@@ -2,14 +2,16 @@
 from prefect import flow
 
 from conf.schema import PipelineConfig
-from tasks.ingestion import ingest
+from tasks.ingestion import ingest, source_fingerprint
 from tasks.io import CacheDir
-from tasks.preprocessing import PreparedData, preprocess
+from tasks.preprocessing import PreparedData, check_catalogue_size, preprocess
 
 
 @flow(name="data")
 def data_flow(config: PipelineConfig, cache: CacheDir) -> PreparedData:
     """Ingest and preprocess; both steps are cached on their inputs."""
-    raw = ingest(config.data, config.seed, cache)
-    return preprocess(raw, config.preprocess, config.split, config.scenario, config.evaluation.group_attribute,
-                      cache)
+    raw = ingest(config.data, config.seed, cache, source_fingerprint(config.data))
+    prepared = preprocess(raw, config.preprocess, config.split, config.scenario, config.evaluation.group_attribute,
+                          cache)
+    check_catalogue_size(prepared, config.evaluation.ks, config.export.top_k)  # before any training
+    return prepared

@@ -128,6 +128,7 @@ class SequentialRecommender(pl.LightningModule):
                                      save_last=True, filename="best-{epoch}")
         trainer = pl.Trainer(
             max_epochs=train.max_epochs,
+            max_time={"minutes": train.max_minutes} if train.max_minutes else None,
             accelerator=train.accelerator,
             devices=train.devices,
             precision=train.precision,

@@ -5,7 +5,7 @@ which is where every model reads the user's current interest.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -19,24 +19,35 @@ Split = Literal["valid", "test", "all"]
 
 @dataclass(frozen=True)
 class SequenceData:
-    """Per-user time-ordered item_idx arrays of each split; user u sits at position u_idx - 1."""
+    """Per-user time-ordered item_idx arrays of each split; user u sits at position u_idx - 1.
+
+    `context` holds history that models read but never train on: the earlier items of users held
+    out whole (cold valid/test users of a benchmark's own user split). Empty under per-user splits.
+    """
 
     n_items: int  # counts the padding index 0
     train: list[np.ndarray]
     valid: list[np.ndarray]
     test: list[np.ndarray]
+    context: list[np.ndarray] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.context:
+            object.__setattr__(self, "context", [np.empty(0, np.int64)] * len(self.train))
 
     def history(self, split: Split) -> list[np.ndarray]:
         """What a model may read when predicting `split`: everything before it in time."""
-        if split == "valid":
-            return self.train
-        if split == "test":
-            return [np.concatenate(parts) for parts in zip(self.train, self.valid)]
-        return [np.concatenate(parts) for parts in zip(self.train, self.valid, self.test)]
+        parts = {"valid": (self.context, self.train), "test": (self.context, self.train, self.valid),
+                 "all": (self.context, self.train, self.valid, self.test)}[split]
+        return [np.concatenate(user_parts) for user_parts in zip(*parts)]
 
     def targets(self, split: Literal["valid", "test"]) -> list[np.ndarray]:
         """The held-out items of `split` for every user."""
         return self.valid if split == "valid" else self.test
+
+    def users_with_targets(self, split: Literal["valid", "test"]) -> np.ndarray:
+        """Positions of the users that have held-out items in `split` (only they are ranked)."""
+        return np.flatnonzero([len(items) > 0 for items in self.targets(split)])
 
 
 def left_pad(sequences: list[np.ndarray], length: int) -> Tensor:
@@ -89,7 +100,7 @@ class EvalBatch:
     seen_items: Tensor  # [S]
     target_rows: Tensor  # [R]
     target_items: Tensor  # [R]
-    users: Tensor  # [B] position of each user in the dataset
+    users: Tensor  # [B] position of each user in SequenceData (user_idx - 1)
 
     def mask(self, rows: Tensor, items: Tensor, n_items: int) -> Tensor:
         """[B, n_items] bool mask with True at the given (row, item) pairs."""
@@ -101,14 +112,16 @@ class EvalBatch:
 class RankingUsers(Dataset):
     """Users to rank, each with a full history (for masking seen items) and held-out targets."""
 
-    def __init__(self, histories: list[np.ndarray], targets: list[np.ndarray] | None, max_len: int):
+    def __init__(self, histories: list[np.ndarray], targets: list[np.ndarray] | None, max_len: int,
+                 users: np.ndarray | None = None):
         self.histories, self.targets, self.max_len = histories, targets, max_len
+        self.users = np.arange(len(histories)) if users is None else users
 
     def __len__(self) -> int:
-        return len(self.histories)
+        return len(self.users)
 
     def __getitem__(self, index: int) -> int:
-        return index
+        return int(self.users[index])
 
     def collate(self, users: list[int]) -> EvalBatch:
         """An EvalBatch for these user positions."""
@@ -127,10 +140,16 @@ class RankingUsers(Dataset):
 
 
 def ranking_loader(histories: list[np.ndarray], targets: list[np.ndarray] | None, max_len: int,
-                   batch_size: int) -> DataLoader:
-    """DataLoader of EvalBatch over users in order (no shuffling: rows map back to users)."""
-    users = RankingUsers(histories, targets, max_len)
-    return DataLoader(users, batch_size=batch_size, shuffle=False, collate_fn=users.collate)
+                   batch_size: int, users: np.ndarray | None = None) -> DataLoader:
+    """DataLoader of EvalBatch over `users` (default: all) in order (no shuffling: rows map back to users)."""
+    dataset = RankingUsers(histories, targets, max_len, users)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=dataset.collate)
+
+
+def split_loader(data: SequenceData, split: Literal["valid", "test"], max_len: int, batch_size: int) -> DataLoader:
+    """Ranking batches of the users that have held-out items in `split`, with their history before it."""
+    return ranking_loader(data.history(split), data.targets(split), max_len, batch_size,
+                          data.users_with_targets(split))
 
 
 class SequenceDataModule(pl.LightningDataModule):
@@ -148,5 +167,4 @@ class SequenceDataModule(pl.LightningDataModule):
                           collate_fn=windows.collate)
 
     def val_dataloader(self) -> DataLoader:
-        return ranking_loader(self.data.history("valid"), self.data.targets("valid"), self.max_len,
-                              self.eval_batch_size)
+        return split_loader(self.data, "valid", self.max_len, self.eval_batch_size)

@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from models.attention import SASRecRecommender
 from models.base import Recommender
 from models.baselines import PopularityRecommender
 from models.extractors import CaserRecommender, GRURecommender
@@ -14,6 +15,7 @@ MODEL_CLASSES: dict[str, Any] = {
     PopularityRecommender.kind: PopularityRecommender,
     GRURecommender.kind: GRURecommender,
     CaserRecommender.kind: CaserRecommender,
+    SASRecRecommender.kind: SASRecRecommender,
 }
 
 

@@ -4,14 +4,16 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import torch
+from torch import Tensor
 from prefect import task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from conf.schema import EvaluationConfig
 from models.base import Recommender, rankable_scores
-from models.data import SequenceData, ranking_loader
+from models.data import EvalBatch, SequenceData, split_loader
 from models.metrics import compute_metrics
 from models.registry import load_model
 from tasks import schemas
@@ -21,20 +23,77 @@ from tasks.training import TrainedModel, load_sequence_data
 
 log = logging.getLogger(__name__)
 ALL_USERS = "all"
+TARGET_DOMAIN = "target_domain"  # evaluation.group_attribute value: group by the held-out item's domain
+
+
+def domain_codes(items: pl.DataFrame) -> Tensor:
+    """[n_items] int code of each item's domain, padding (index 0) coded -1."""
+    codes = items.sort("item_idx")["domain"].cast(pl.Categorical).to_physical().cast(pl.Int64).to_numpy()
+    return torch.as_tensor(np.concatenate([[-1], codes]))
+
+
+def candidate_mask(batch: EvalBatch, n_items: int, item_domains: Tensor | None,
+                   cfg: EvaluationConfig) -> Tensor | None:
+    """[B, n_items] bool mask of the items each user is ranked among, or None for the whole catalogue.
+
+    candidates=target_domain keeps items of the domain of the user's first held-out item;
+    sampled_negatives=n keeps the held-out items plus n negatives drawn uniformly without
+    replacement from those candidates (history items may be drawn, as in the sampled protocols
+    of the cross-domain papers). Each user's draw depends only on sample_seed and the user, so
+    every model is ranked on the same candidates.
+    """
+    if cfg.candidates == "all" and cfg.sampled_negatives is None:
+        return None
+    n_users = batch.history.shape[0]
+    targets = batch.mask(batch.target_rows, batch.target_items, n_items)  # [B, N]
+    pool = torch.ones_like(targets)
+    pool[:, 0] = False  # padding is never a candidate
+    if cfg.candidates == "target_domain":
+        first_target = torch.zeros(n_users, dtype=torch.long)
+        first_target[batch.target_rows.flip(0)] = batch.target_items.flip(0)  # the first target wins
+        pool &= item_domains[None, :] == item_domains[first_target][:, None]
+    if cfg.sampled_negatives is None:
+        return pool
+    kept = targets.clone()
+    negatives = pool & ~targets
+    for row in range(n_users):
+        choices = negatives[row].nonzero().flatten()
+        generator = torch.Generator().manual_seed(cfg.sample_seed * 1_000_003 + int(batch.users[row]))
+        drawn = choices[torch.randperm(len(choices), generator=generator)[: cfg.sampled_negatives]]
+        kept[row, drawn] = True
+    return kept
 
 
 def score_users(model: Recommender, data: SequenceData, split: str, cfg: EvaluationConfig,
-                max_seq_len: int) -> pl.DataFrame:
-    """Per-user metric values for `split`: one row per user, one column per `<metric>_at_<k>`."""
+                max_seq_len: int, item_domains: Tensor | None = None) -> tuple[np.ndarray, pl.DataFrame]:
+    """Users ranked for `split` (positions in `data`) and their metric values, one column per `<metric>_at_<k>`.
+
+    item_domains [n_items] holds each item's domain code; needed when evaluation.candidates or
+    sampled_negatives restrict the ranking.
+    """
     columns: dict[str, list[torch.Tensor]] = {}
-    loader = ranking_loader(data.history(split), data.targets(split), max_seq_len, cfg.batch_size)
+    users = data.users_with_targets(split)
     with torch.inference_mode():
-        for batch in loader:
+        for batch in split_loader(data, split, max_seq_len, cfg.batch_size):
             scores = rankable_scores(model, batch, cfg.exclude_seen)  # [B, n_items]
             relevant = batch.mask(batch.target_rows, batch.target_items, model.n_items)
+            candidates = candidate_mask(batch, model.n_items, item_domains, cfg)
+            if candidates is not None:
+                scores = scores.masked_fill(~candidates, float("-inf"))
             for (metric, k), values in compute_metrics(scores, relevant, cfg.ks).items():
                 columns.setdefault(f"{metric}_at_{k}", []).append(values.cpu())
-    return pl.DataFrame({name: torch.cat(parts).numpy() for name, parts in columns.items()})
+    return users, pl.DataFrame({name: torch.cat(parts).numpy() for name, parts in columns.items()})
+
+
+def user_groups(users: pl.DataFrame, items: pl.DataFrame, data: SequenceData, split: str, ranked: np.ndarray,
+                attribute: str | None) -> pl.Series | None:
+    """The group of each ranked user: a user attribute, or the domain of their first held-out item."""
+    if attribute is None:
+        return None
+    if attribute == TARGET_DOMAIN:
+        first_targets = [int(data.targets(split)[u][0]) for u in ranked]
+        return items.sort("item_idx")["domain"].gather([i - 1 for i in first_targets])
+    return users.sort("user_idx")[attribute].gather(ranked)
 
 
 def summarize(per_user: pl.DataFrame, groups: pl.Series | None, scenario: str, model: str,
@@ -62,19 +121,21 @@ def evaluate_trained(prepared: PreparedData, trained: TrainedModel, cfg: Evaluat
     """Metrics of one saved model on the valid and test splits, written as a tidy Parquet table."""
     data = load_sequence_data(prepared)
     model = load_model(Path(trained.model_file.path))
-    users = read_table(prepared.users, schemas.USER_INDEX, "users").sort("user_idx")
-    groups = users[cfg.group_attribute] if cfg.group_attribute else None
-    tables = [
-        summarize(score_users(model, data, split, cfg, max_seq_len), groups, scenario, trained.name, split)
-        for split in ("valid", "test")
-    ]
+    users = read_table(prepared.users, schemas.USER_INDEX, "users")
+    items = read_table(prepared.items, schemas.ITEM_INDEX, "items")
+    item_domains = domain_codes(items)
+    tables = []
+    for split in ("valid", "test"):
+        ranked, per_user = score_users(model, data, split, cfg, max_seq_len, item_domains)
+        groups = user_groups(users, items, data, split, ranked, cfg.group_attribute)
+        tables.append(summarize(per_user, groups, scenario, trained.name, split))
     key = fingerprint_text(prepared.sequences.fingerprint, trained.model_file.fingerprint, cfg.model_dump(),
                            scenario, max_seq_len)
     metrics = pl.concat(tables)
     k = 10 if 10 in cfg.ks else max(cfg.ks)
     test_ndcg = metrics.filter((pl.col("split") == "test") & (pl.col("group") == ALL_USERS)
                                & (pl.col("metric") == "ndcg") & (pl.col("k") == k))
-    log.info("evaluated %s on %d users: test NDCG@%d %.4f", trained.name, len(data.train), k,
+    log.info("evaluated %s on %d test users: test NDCG@%d %.4f", trained.name, len(data.users_with_targets("test")), k,
              test_ndcg["value"].item())
     return write_parquet(metrics, cache_root / f"evaluate-{trained.name}-{key}" / "metrics.parquet")
 

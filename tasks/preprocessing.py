@@ -94,6 +94,27 @@ def assign_splits(events: pl.DataFrame, holdout: int) -> pl.DataFrame:
     )
 
 
+def assign_user_group_splits(events: pl.DataFrame, user_groups: pl.DataFrame, split: SplitConfig) -> pl.DataFrame:
+    """Label events by the dataset's own user split: held-out users' last event is their target.
+
+    `user_groups` maps user_idx to the value of `split.user_group_column`. Users of valid_groups
+    (test_groups) get their last event labelled valid (test) and the earlier ones 'context':
+    read as history, never trained on. Every other user's events are all train.
+    """
+    ordered = events.sort(["user_idx", "timestamp", "item_idx"]).join(user_groups, on="user_idx", how="left")
+    last = pl.int_range(pl.len()).over("user_idx") == pl.len().over("user_idx") - 1
+    held_out = (
+        pl.when(pl.col("_group").is_in(split.valid_groups)).then(pl.lit("valid"))
+        .when(pl.col("_group").is_in(split.test_groups)).then(pl.lit("test"))
+    )
+    return ordered.with_columns(
+        pl.when(held_out.is_null()).then(pl.lit("train"))
+        .when(last).then(held_out)
+        .otherwise(pl.lit("context"))
+        .alias("split")
+    ).drop("_group")
+
+
 def build_sequences(events: pl.DataFrame) -> pl.DataFrame:
     """One row per user with the time-ordered item_idx lists of each split."""
     ordered = events.sort(["user_idx", "timestamp", "item_idx"])
@@ -101,7 +122,7 @@ def build_sequences(events: pl.DataFrame) -> pl.DataFrame:
         ordered.group_by("user_idx", maintain_order=True)
         .agg(
             pl.col("item_idx").filter(pl.col("split") == name).alias(name)
-            for name in ("train", "valid", "test")
+            for name in ("train", "valid", "test", "context")
         )
         .sort("user_idx")
     )
@@ -132,7 +153,7 @@ def assign_roles(users: pl.DataFrame, items: pl.DataFrame, scenario: ScenarioCon
 def check_partition(users: pl.DataFrame, items: pl.DataFrame, scenario: ScenarioConfig, group_attribute: str | None, origin: str) -> None:
     """Raise DataError when the configured attributes or group/domain values do not occur in the data."""
     needed = {"scenario.attribute": scenario.attribute} if scenario.partition == "user_group" else {}
-    if group_attribute is not None:
+    if group_attribute is not None and group_attribute != "target_domain":  # target_domain: from items
         needed["evaluation.group_attribute"] = group_attribute
     for setting, column in needed.items():
         if column not in users.columns:
@@ -170,7 +191,21 @@ def prepare_data(
         )
     user_map, item_map = index_ids(cored, "user_id"), index_ids(cored, "item_id")
     indexed = cored.join(user_map, on="user_id").join(item_map, on="item_id")
-    events = assign_splits(indexed.select("user_idx", "item_idx", "timestamp"), split.holdout_size())
+    users_raw = pl.read_parquet(raw.users.path)
+    if split.protocol == "user_groups":
+        if split.user_group_column not in users_raw.columns:
+            raise DataError(f"{raw.users.path}: split.user_group_column '{split.user_group_column}' is not a users "
+                            f"column; found {users_raw.columns}")
+        groups = user_map.join(users_raw.select("user_id", pl.col(split.user_group_column).alias("_group")),
+                               on="user_id", how="left").select("user_idx", "_group")
+        events = assign_user_group_splits(indexed.select("user_idx", "item_idx", "timestamp"), groups, split)
+        for name, wanted in (("valid", split.valid_groups), ("test", split.test_groups)):
+            if events.filter(pl.col("split") == name).is_empty():
+                raise DataError(f"{raw.users.path}: no user of split.{name}_groups {wanted} in column "
+                                f"'{split.user_group_column}'; values present: "
+                                f"{sorted(groups['_group'].drop_nulls().unique().to_list())}")
+    else:
+        events = assign_splits(indexed.select("user_idx", "item_idx", "timestamp"), split.holdout_size())
     if events.is_empty():
         raise DataError(
             f"{raw.interactions.path}: no user has the {2 * split.holdout_size() + 1} interactions that "
@@ -185,7 +220,6 @@ def prepare_data(
     )
     user_map = user_map.join(renumber, on="user_idx").drop("user_idx").rename({"new_idx": "user_idx"})
 
-    users_raw = pl.read_parquet(raw.users.path)
     items_raw = pl.read_parquet(raw.items.path)
     users = user_map.join(users_raw, on="user_id", how="left").sort("user_idx")
     items = item_map.join(items_raw, on="item_id", how="left").sort("item_idx")
@@ -210,6 +244,14 @@ def prepare_data(
         prepared.n_users, prepared.n_items - 1, prepared.n_events, prepared.dropped_events, preprocess.k_core,
     )
     return prepared
+
+
+def check_catalogue_size(prepared: PreparedData, ks: list[int], top_k: int) -> None:
+    """Raise DataError when a configured K is not smaller than the catalogue left after preprocessing."""
+    n_items = prepared.n_items - 1
+    for setting, k in (("evaluation.ks", max(ks)), ("export.top_k", top_k)):
+        if k >= n_items:
+            raise DataError(f"{setting}: K={k} must be smaller than the catalogue ({n_items} items after preprocessing)")
 
 
 @task(name="preprocess", cache_policy=INPUTS + TASK_SOURCE, persist_result=True)

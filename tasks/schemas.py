@@ -23,6 +23,7 @@ SEQUENCES = {
     "train": pl.List(pl.Int32),
     "valid": pl.List(pl.Int32),
     "test": pl.List(pl.Int32),
+    "context": pl.List(pl.Int32),
 }
 RECOMMENDATIONS = {"user_id": pl.String, "item_id": pl.String, "rank": pl.Int32, "score": pl.Float64}
 METRICS = {

@@ -42,7 +42,7 @@ def load_sequence_data(prepared: PreparedData) -> SequenceData:
     def arrays(column: str) -> list[np.ndarray]:
         return [np.asarray(items, dtype=np.int64) for items in sequences[column].to_list()]
 
-    return SequenceData(prepared.n_items, arrays("train"), arrays("valid"), arrays("test"))
+    return SequenceData(prepared.n_items, arrays("train"), arrays("valid"), arrays("test"), arrays("context"))
 
 
 def model_options(model_cfg: ModelConfig, train: TrainConfig, exclude_seen: bool) -> dict:

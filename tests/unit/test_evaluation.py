@@ -74,7 +74,7 @@ def popularity() -> PopularityRecommender:
 @pytest.mark.parametrize("batch_size", [1, 1024])
 def test_score_users_matches_hand_worked_metrics(popularity, exclude_seen, batch_size):
     cfg = EvaluationConfig(ks=KS, exclude_seen=exclude_seen, batch_size=batch_size)
-    per_user = score_users(popularity, HAND, "test", cfg, max_seq_len=4)
+    _, per_user = score_users(popularity, HAND, "test", cfg, max_seq_len=4)
     assert per_user.height == 3
     assert set(per_user.columns) == {f"{m}_at_{k}" for m in ("precision", "recall", "f1", "ndcg", "hit", "mrr")
                                      for k in KS}
@@ -86,7 +86,7 @@ def test_score_users_on_valid_reads_only_the_training_history(popularity):
     # Valid split, history = train: u0 saw {1,2} and ranks 3/4 (tied), 5: its valid item 5 at rank 2.
     # u1 saw {1,3}: ranks 2, 4, 5: valid item 4 at rank 1. u2 saw {1,2,4}: ranks 3, 5: item 3 at rank 0.
     cfg = EvaluationConfig(ks=[3], exclude_seen=True)
-    per_user = score_users(popularity, HAND, "valid", cfg, max_seq_len=4)
+    _, per_user = score_users(popularity, HAND, "valid", cfg, max_seq_len=4)
     assert per_user["ndcg_at_3"].to_list() == pytest.approx([0.5, G3, 1.0])
 
 
@@ -214,3 +214,43 @@ def test_best_model_falls_back_to_the_largest_k_without_ndcg_at_10():
         ("caser", "valid", "all", "ndcg", 20, 0.40),
     ])
     assert best_model(CANDIDATES, metrics, chosen=None).name == "caser"
+
+
+# --- restricted candidates (the sampled protocol of the cross-domain benchmarks) ----------------
+
+def domain_batch(users: list[int]) -> "EvalBatch":
+    from models.data import ranking_loader
+
+    # 11 items (1..10 plus padding): items 1-5 are domain 0, items 6-10 domain 1.
+    histories = [np.array([1, 2]), np.array([6, 7]), np.array([3])]
+    targets = [np.array([4]), np.array([9]), np.array([8])]
+    loader = ranking_loader(histories, targets, max_len=3, batch_size=8, users=np.array(users))
+    return next(iter(loader))
+
+
+DOMAINS = torch.tensor([-1, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1])
+
+
+def test_target_domain_candidates_keep_only_items_of_the_held_out_items_domain():
+    from tasks.evaluation import candidate_mask
+
+    cfg = EvaluationConfig(ks=[1], candidates="target_domain")
+    mask = candidate_mask(domain_batch([0, 1, 2]), 11, DOMAINS, cfg)
+    assert mask[0].nonzero().flatten().tolist() == [1, 2, 3, 4, 5]
+    assert mask[1].nonzero().flatten().tolist() == [6, 7, 8, 9, 10]
+    assert mask[2].nonzero().flatten().tolist() == [6, 7, 8, 9, 10]  # user 2's target 8 is in domain 1
+
+
+def test_sampled_candidates_are_the_targets_plus_n_negatives_fixed_per_user():
+    from tasks.evaluation import candidate_mask
+
+    cfg = EvaluationConfig(ks=[1], candidates="target_domain", sampled_negatives=2, sample_seed=7)
+    together = candidate_mask(domain_batch([0, 1, 2]), 11, DOMAINS, cfg)
+    alone = candidate_mask(domain_batch([2]), 11, DOMAINS, cfg)
+    assert together.sum(dim=1).tolist() == [3, 3, 3]  # one target + two negatives each
+    assert together[2].tolist() == alone[0].tolist()  # a user's draw does not depend on the batch
+    assert together[0, 4] and together[1, 9] and together[2, 8]  # targets always kept
+    assert not together[0, 6:].any()  # never outside the target's domain
+    other_seed = candidate_mask(domain_batch([0, 1, 2]),
+                                11, DOMAINS, cfg.model_copy(update={"sample_seed": 8}))
+    assert other_seed.shape == together.shape

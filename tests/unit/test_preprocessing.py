@@ -8,12 +8,13 @@ import polars as pl
 import pytest
 
 from conf.loading import load_config, preset_path
-from conf.schema import PipelineConfig, PreprocessConfig, ScenarioConfig
+from conf.schema import PipelineConfig, PreprocessConfig, ScenarioConfig, SplitConfig
 from tasks.ingestion import ingest_dataset
 from tasks.preprocessing import (
     PreparedData,
     assign_roles,
     assign_splits,
+    assign_user_group_splits,
     build_sequences,
     check_partition,
     dedupe,
@@ -187,8 +188,21 @@ def test_build_sequences_lists_each_split_in_time_order():
     sequences = build_sequences(split)
     # User 1 by time: 8, 3, 1, 4.   User 2 by time: 6, 7, 5, 9.
     assert sequences.to_dicts() == [
-        {"user_idx": 1, "train": [8, 3], "valid": [1], "test": [4]},
-        {"user_idx": 2, "train": [6, 7], "valid": [5], "test": [9]},
+        {"user_idx": 1, "train": [8, 3], "valid": [1], "test": [4], "context": []},
+        {"user_idx": 2, "train": [6, 7], "valid": [5], "test": [9], "context": []},
+    ]
+
+
+def test_user_group_split_holds_out_whole_users_with_their_history_as_context():
+    events = indexed_events([(1, 5, 10), (1, 6, 20), (2, 7, 10), (2, 8, 20), (2, 9, 30), (3, 1, 10), (3, 2, 20)])
+    groups = pl.DataFrame({"user_idx": [1, 2, 3], "_group": ["train_A", "valid", "test"]},
+                          schema={"user_idx": pl.Int32, "_group": pl.String})
+    split = assign_user_group_splits(events, groups, SplitConfig(protocol="user_groups"))
+    sequences = build_sequences(split)
+    assert sequences.to_dicts() == [
+        {"user_idx": 1, "train": [5, 6], "valid": [], "test": [], "context": []},
+        {"user_idx": 2, "train": [], "valid": [9], "test": [], "context": [7, 8]},
+        {"user_idx": 3, "train": [], "valid": [], "test": [2], "context": [1]},
     ]
 
 

@@ -1,0 +1,113 @@
+"""ML-1M parity benchmark: our extractors against RecBole's figures, same data and protocol.
+
+Protocol (the published tables'): every rating an interaction, 5-core (6,040 users, 3,416 items),
+leave-one-out by time (last item test, second last validation), full ranking over all items;
+reported with the user's seen items removed (SASRec/BERT4Rec papers) and kept (RecBole's tables).
+Each model trains in a fresh process (its own peak RSS), early-stopped on validation NDCG@10
+within the preset's time budget (train.max_minutes), on this machine's CPU cores.
+
+  .venv/bin/python benchmarks/bench_ml1m.py [--config conf/ml1m.yaml] [--models gru,caser,sasrec]
+                                            [--set train.max_minutes=30 ...]
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# Reference figures, quoted from ../shared/anchors/PEERS.md (not measured here).
+RECBOLE_PUBLISHED_NDCG10 = {"popularity": None, "gru": 0.1545, "caser": 0.1061, "sasrec": 0.1286}  # seen kept
+RECBOLE_2CORE_SECONDS_PER_EPOCH = {"popularity": 1, "gru": 335, "caser": 3900, "sasrec": 1800}
+PUBLISHED_SEEN_REMOVED_NDCG10 = {"sasrec": 0.1821}  # SASRec + full CE, Klenitskiy & Vasilev 2023
+
+
+def _train_worker(args: tuple, queue) -> None:
+    import flows  # noqa: F401  (environment defaults)
+    from tasks.training import train_recommender
+
+    started = time.perf_counter()
+    trained = train_recommender(*args)
+    queue.put((trained, time.perf_counter() - started, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+
+
+def train_in_process(*args):
+    """(TrainedModel, seconds, peak RSS MB) of one training run in a fresh process."""
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_train_worker, args=(args, queue))
+    process.start()
+    result = queue.get()
+    process.join()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(ROOT / "conf" / "ml1m.yaml"))
+    parser.add_argument("--models", default="popularity,gru,caser,sasrec")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    args = parser.parse_args()
+
+    import flows  # noqa: F401
+    import polars as pl
+
+    from conf.loading import load_config
+    from tasks.evaluation import evaluate_trained
+    from tasks.ingestion import ingest_dataset
+    from tasks.preprocessing import prepare_data
+
+    config = load_config(args.config, ["train.progress_bar=false", *args.overrides])
+    wanted = args.models.split(",")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="itx-ml1m-") as folder:
+        cache = Path(folder)
+        raw = ingest_dataset(config.data, config.seed, cache)
+        prepared = prepare_data(raw, config.preprocess, config.split, config.scenario,
+                                config.evaluation.group_attribute, cache)
+        print(f"ML-1M after preprocessing: {prepared.n_users} users, {prepared.n_items - 1} items, "
+              f"{prepared.n_events} interactions", flush=True)
+        for model in [m for m in config.models if m.name in wanted]:
+            trained, seconds, peak = train_in_process(prepared, model, config.train, config.seed,
+                                                       config.evaluation.exclude_seen, cache)
+            metrics = {}
+            for exclude_seen in (True, False):
+                evaluation = config.evaluation.model_copy(update={"exclude_seen": exclude_seen})
+                table = pl.read_parquet(evaluate_trained(prepared, trained, evaluation, "ml1m",
+                                                         config.train.max_seq_len, cache / str(exclude_seen)).path)
+                at10 = table.filter((pl.col("split") == "test") & (pl.col("group") == "all") & (pl.col("k") == 10))
+                metrics[exclude_seen] = dict(at10.select("metric", "value").iter_rows())
+            epochs = max(trained.epochs, 1)
+            rows.append((model.name, metrics, trained.epochs, seconds / epochs if trained.epochs else 0.0,
+                         seconds, peak))
+            print(f"{model.name}: {trained.epochs} epochs, {seconds:.0f} s, test NDCG@10 "
+                  f"{metrics[True]['ndcg']:.4f} (seen removed) / {metrics[False]['ndcg']:.4f} (seen kept)", flush=True)
+
+    print(f"\nML-1M, LOO by time, full ranking, 5-core; {os.cpu_count()} CPUs, "
+          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, budget {config.train.max_minutes} min/model, "
+          f"max_seq_len {config.train.max_seq_len}")
+    print("| model | NDCG@10 | HR@10 | R@10 | P@10 | F1@10 | MRR@10 | NDCG@10 seen kept | HR@10 seen kept "
+          "| epochs | s/epoch | train min | peak RSS MB | RecBole NDCG@10 (published, seen kept) | RecBole s/epoch (2-core) "
+          "| epoch speed-up vs RecBole |")
+    print("|---" * 16 + "|")
+    for name, metrics, epochs, per_epoch, seconds, peak in rows:
+        removed, kept = metrics[True], metrics[False]
+        published = RECBOLE_PUBLISHED_NDCG10.get(name)
+        recbole_epoch = RECBOLE_2CORE_SECONDS_PER_EPOCH.get(name)
+        speedup = f"{recbole_epoch / per_epoch:.0f}×" if per_epoch and recbole_epoch else "-"
+        print(f"| {name} | {removed['ndcg']:.4f} | {removed['hit']:.4f} | {removed['recall']:.4f} | "
+              f"{removed['precision']:.4f} | {removed['f1']:.4f} | {removed['mrr']:.4f} | {kept['ndcg']:.4f} | "
+              f"{kept['hit']:.4f} | {epochs} | {per_epoch:.1f} | {seconds / 60:.1f} | {peak:.0f} | "
+              f"{published if published is not None else '-'} | {recbole_epoch or '-'} | {speedup} |")
+    print("Published seen-removed reference: SASRec with full cross-entropy NDCG@10 0.1821 (Klenitskiy & Vasilev 2023).")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""Self-attentive interest extractor (SASRec): a causal Transformer over the item sequence.
+
+SASRec: Kang & McAuley, "Self-Attentive Sequential Recommendation", ICDM 2018.
+Departures from the paper:
+- Loss: full-softmax cross-entropy over the whole catalogue at every position, instead of binary
+  cross-entropy against one sampled negative (Klenitskiy & Vasilev, "Turning Dross Into Gold Loss:
+  is BERT4Rec really better than SASRec?", RecSys 2023: this alone lifts SASRec above BERT4Rec).
+- Head: the base class's separate `output` Linear (with a bias), not the paper's input-embedding
+  dot product. On the synthetic demo data the two are within noise of each other (see the PR
+  notes); the separate head keeps `score_all` shared with the other extractors, and its bias gives a
+  user with no history a learned popularity ranking instead of a constant.
+- Positions are counted back from the most recent item (right-aligned): histories are left-padded,
+  and a history scored with T < max_seq_len still gives its last item the embedding it had in
+  training, where windows are always max_seq_len long.
+- Padding is masked out of attention as keys (the paper only zeroes padded inputs, so padded
+  positions still carry their position embedding into later positions); each position may always
+  attend to itself, so an all-padding row never meets a fully masked softmax (no NaN). Padded
+  positions output zeros, so a user with no history is scored by the output bias alone.
+- Pre-LayerNorm blocks throughout (the paper normalises the query only, and pmixer's port keeps
+  keys and values unnormalised); weights start from N(0, 0.02) as in RecBole and Klenitskiy & Vasilev.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from models.base import SequentialRecommender
+
+INIT_STD = 0.02
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head self-attention through the fused `scaled_dot_product_attention` kernel."""
+
+    def __init__(self, dim: int, num_heads: int, dropout: float):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"embedding_dim {dim} must be divisible by num_heads {num_heads}")
+        self.num_heads, self.dropout = num_heads, dropout
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.project = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, allowed: Tensor) -> Tensor:
+        """x [B, T, D], allowed [B, 1, T, T] (True: query may attend to key) -> [B, T, D]."""
+        batch, length, dim = x.shape
+        # [B, T, 3D] -> 3 × [B, heads, T, D/heads]
+        q, k, v = self.qkv(x).view(batch, length, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4)
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed,
+                                                  dropout_p=self.dropout if self.training else 0.0)
+        return self.project(attended.transpose(1, 2).reshape(batch, length, dim))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-LayerNorm block: x + attention(LN(x)), then x + feed-forward(LN(x))."""
+
+    def __init__(self, dim: int, num_heads: int, dropout: float):
+        super().__init__()
+        self.attention_norm = nn.LayerNorm(dim)
+        self.attention = CausalSelfAttention(dim, num_heads, dropout)
+        self.feed_forward_norm = nn.LayerNorm(dim)
+        # The paper's point-wise feed-forward keeps the width at D (not the usual 4D).
+        self.feed_forward = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(dim, dim))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, allowed: Tensor) -> Tensor:
+        """x [B, T, D] -> [B, T, D]."""
+        x = x + self.dropout(self.attention(self.attention_norm(x), allowed))
+        return x + self.dropout(self.feed_forward(self.feed_forward_norm(x)))
+
+
+class SASRecRecommender(SequentialRecommender):
+    """SASRec-style extractor: the causal Transformer's output at each position is the user's interest."""
+
+    kind = "sasrec"
+
+    def __init__(self, n_items: int, embedding_dim: int = 64, num_blocks: int = 2, num_heads: int = 1,
+                 dropout: float = 0.2, learning_rate: float = 1e-3, weight_decay: float = 0.0,
+                 max_seq_len: int = 50, exclude_seen: bool = True):
+        super().__init__(n_items, embedding_dim, learning_rate, weight_decay, max_seq_len, exclude_seen)
+        self.save_hyperparameters()
+        self.item_embedding = nn.Embedding(n_items, embedding_dim, padding_idx=0)
+        self.position_embedding = nn.Embedding(max_seq_len, embedding_dim)  # index max_seq_len - 1: the last item
+        self.embedding_scale = math.sqrt(embedding_dim)
+        self.embedding_dropout = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(TransformerBlock(embedding_dim, num_heads, dropout) for _ in range(num_blocks))
+        self.final_norm = nn.LayerNorm(embedding_dim)
+        self.apply(self._initialise)
+
+    @staticmethod
+    def _initialise(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=INIT_STD)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+        if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+            nn.init.zeros_(module.weight[module.padding_idx])
+
+    def encode(self, history: Tensor) -> Tensor:
+        """[B, T] left-padded item_idx (T <= max_seq_len) -> [B, T, D] interest after each position."""
+        length = history.shape[1]
+        if length > self.max_seq_len:
+            raise ValueError(f"history has {length} positions but this model was built with "
+                             f"max_seq_len {self.max_seq_len}; pass at most that many recent items")
+        present = history > 0  # [B, T]
+        positions = torch.arange(self.max_seq_len - length, self.max_seq_len, device=history.device)  # [T]
+        x = self.item_embedding(history) * self.embedding_scale + self.position_embedding(positions)
+        x = self.embedding_dropout(x)  # [B, T, D]
+        # Query t may attend to keys s <= t that hold an item, and always to itself: a padded query
+        # then sees only itself, so no softmax row is empty; its output is zeroed below anyway.
+        causal = torch.ones(length, length, dtype=torch.bool, device=history.device).tril()  # [T, T]
+        diagonal = torch.eye(length, dtype=torch.bool, device=history.device)
+        allowed = (causal & present[:, None, :]) | diagonal  # [B, T, T]
+        allowed = allowed.unsqueeze(1)  # [B, 1, T, T], broadcast over heads
+        for block in self.blocks:
+            x = block(x, allowed)
+        return self.final_norm(x) * present.unsqueeze(-1)  # [B, T, D]

@@ -1,0 +1,74 @@
+"""Plain-text views of input files: gzip decompressed and legacy encodings transcoded to UTF-8.
+
+Polars scans need an uncompressed UTF-8 file on disk, so `.gz` inputs and latin-1 files are
+streamed once into a per-file cache folder under the system temp dir and reused while the source
+file is unchanged (same resolved path, size and modification time). Writes are atomic, so
+concurrent runs never see a half-written copy.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import shutil
+import tempfile
+import zlib
+from pathlib import Path
+
+from tasks.io import atomic_path
+from tasks.schemas import DataError
+
+CHUNK_BYTES = 1 << 20
+
+
+def _cache_path(path: Path, folder: str, name: str, *key: str) -> Path:
+    """Where the converted copy of `path` lives: keyed by the source's identity and state."""
+    resolved = path.resolve()
+    stat = resolved.stat()
+    identity = "\0".join([str(resolved), str(stat.st_size), str(stat.st_mtime_ns), *key])
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / folder / digest / name
+
+
+def _gunzip(source: Path, target: Path) -> None:
+    """Stream-decompress `source` into `target`, naming the file when the gzip data is bad."""
+    with gzip.open(source, "rb") as compressed, open(target, "wb") as plain:
+        while True:
+            try:
+                chunk = compressed.read(CHUNK_BYTES)
+            except (OSError, EOFError, zlib.error) as error:  # BadGzipFile is an OSError
+                raise DataError(f"not a valid gzip file: {source} ({error})") from error
+            if not chunk:
+                return
+            plain.write(chunk)
+
+
+def open_text(path: Path) -> Path:
+    """`path` itself, or for a `.gz` file the path of its decompressed copy (cached, atomic)."""
+    if path.suffix != ".gz":
+        return path
+    target = _cache_path(path, "itx-unzipped", path.stem)
+    if not target.is_file():
+        with atomic_path(target) as temporary:
+            _gunzip(path, temporary)
+    return target
+
+
+def open_utf8(path: Path, encoding: str) -> Path:
+    """The path of a UTF-8 copy of text file `path` written in `encoding` (cached, atomic).
+
+    `.gz` files are decompressed on the way. Line endings are kept as they are, so line numbers
+    in the copy are those of the source.
+    """
+    target = _cache_path(path, "itx-utf8", path.stem if path.suffix == ".gz" else path.name, encoding)
+    if not target.is_file():
+        plain = open_text(path)
+        with atomic_path(target) as temporary:
+            with (
+                open(plain, encoding=encoding, newline="") as source,
+                open(temporary, "w", encoding="utf-8", newline="") as copy,
+            ):
+                try:
+                    shutil.copyfileobj(source, copy, CHUNK_BYTES)
+                except UnicodeDecodeError as error:
+                    raise DataError(f"{path}: not valid {encoding} text ({error})") from error
+    return target

@@ -12,8 +12,11 @@ but is not the measured thing. Then, each run in a fresh spawned process so its 
   (`prepare_with_pandas` below).
 
 On the smallest size both outputs are checked to be identical (same users, items and sequence
-lists). Prints one markdown table of medians over the repeats, pandas/polars ratios, and whether
-the largest size fitted in the machine's memory.
+lists). Pandas is skipped, with the reason printed, above --pandas-max-events or when its peak
+projected linearly from the previous size exceeds 80% of the memory available; a run past
+--pandas-timeout-s is stopped. Prints one markdown table of medians over the repeats (wall and
+CPU seconds: the machine may be shared), pandas/polars ratios, and whether the largest size
+fitted in the machine's memory.
 
   .venv/bin/python benchmarks/bench_preprocessing.py [--sizes 1M,10M,50M] [--repeats 3,2,1]
       [--pandas-max-events 50M] [--pandas-timeout-s 900] [--memory-gib 24]
@@ -21,7 +24,6 @@ the largest size fitted in the machine's memory.
 from __future__ import annotations
 
 import argparse
-import math
 import multiprocessing
 import os
 import queue as queue_module

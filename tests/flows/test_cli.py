@@ -43,3 +43,11 @@ def test_itx_run_writes_a_run_folder_and_prints_where_it_is(tmp_path):
     assert f"run folder:      {run_dir}" in result.stdout
     assert (run_dir / "metrics.csv").is_file() and (run_dir / "recommendations.parquet").is_file()
     assert (tmp_path / "mlflow.db").is_file()  # default store: sqlite in the working directory
+
+
+def test_real_data_preset_without_its_data_says_where_to_put_it(tmp_path):
+    result = itx("run", str(ROOT / "conf" / "ml1m.yaml"), "--set", f"data.recbole.path={tmp_path / 'nowhere'}",
+                 "--output-dir", str(tmp_path / "out"), cwd=tmp_path)
+    assert result.returncode == 2
+    error = [line for line in result.stderr.splitlines() if line.startswith("itx: error:")][-1]
+    assert "nowhere" in error and "data.recbole.path" in error

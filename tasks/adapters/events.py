@@ -20,12 +20,11 @@ import polars as pl
 
 from conf.schema import EventLogConfig
 from tasks.adapters import RawFrames, empty_users, require_files
-from tasks.adapters.files import open_text
+from tasks.adapters.files import LINE, open_text
 from tasks.schemas import DataError
 
 TEXT_SEPARATORS = {".csv": ",", ".tsv": "\t"}
 FORMATS = ".csv, .tsv, .csv.gz, .tsv.gz or .parquet"
-LINE = "__line__"
 FUTURE_MARGIN_S = 86_400  # clocks and time zones disagree a little; a day later is a broken time
 # Tried in turn on text times (after a trailing Z becomes +00:00); `%.f` also matches no fraction.
 ISO_FORMATS = (

@@ -14,6 +14,8 @@ import tempfile
 import zlib
 from pathlib import Path
 
+import polars as pl
+
 from tasks.io import atomic_path
 from tasks.schemas import DataError
 
@@ -72,3 +74,22 @@ def open_utf8(path: Path, encoding: str) -> Path:
                 except UnicodeDecodeError as error:
                     raise DataError(f"{path}: not valid {encoding} text ({error})") from error
     return target
+
+
+LINE = "__line__"
+
+
+def scan_lines(path: Path) -> pl.LazyFrame:
+    """Every line of a text file as one String column `text`, numbered from 1 in column LINE.
+
+    Reading whole lines lets an adapter split fields itself and name the exact line of a problem.
+    """
+    return pl.scan_csv(
+        path,
+        separator="\x1f",  # ASCII unit separator, absent from text data: each line is one field
+        quote_char=None,
+        has_header=False,
+        new_columns=["text"],
+        infer_schema=False,
+        truncate_ragged_lines=True,
+    ).with_row_index(LINE, offset=1)

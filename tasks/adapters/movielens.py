@@ -19,7 +19,7 @@ import polars as pl
 
 from conf.schema import MovieLensConfig
 from tasks.adapters import RawFrames, empty_users, require_files
-from tasks.adapters.files import CHUNK_BYTES, open_utf8
+from tasks.adapters.files import CHUNK_BYTES, LINE, open_utf8, scan_lines
 from tasks.io import atomic_path
 from tasks.schemas import DataError
 
@@ -32,7 +32,6 @@ ZIP_MD5 = "c4d9eecfca2ab87c1945afe126590906"
 ZIP_SHA256 = "a6898adb50b9ca05aa231689da44c217cb524e7ebd39d264c56e2832f2c54e20"
 ENCODING = "latin-1"
 DOMAIN = "movies"
-LINE = "__line__"
 
 # file -> its fields, in order
 COLUMNS = {
@@ -101,19 +100,7 @@ def read_fields(path: Path, numbers: dict[str, pl.DataType]) -> pl.LazyFrame:
     columns = COLUMNS[path.name]
     if path.stat().st_size == 0:
         raise DataError(f"{path}: empty file, expected '::'-separated lines {'::'.join(columns)}")
-    lines = (
-        pl.scan_csv(
-            open_utf8(path, ENCODING),
-            separator="\x1f",  # ASCII unit separator, absent from text data: each line is one field
-            quote_char=None,
-            has_header=False,
-            new_columns=["text"],
-            infer_schema=False,
-            truncate_ragged_lines=True,
-        )
-        .with_row_index(LINE, offset=1)
-        .filter(pl.col("text").is_not_null())  # blank lines
-    )
+    lines = scan_lines(open_utf8(path, ENCODING)).filter(pl.col("text").is_not_null())  # blank lines
     fields = pl.col("text").str.split_exact("::", len(columns) - 1).struct.rename_fields(list(columns))
     split = lines.select(LINE, "text", fields.struct.unnest())
     checks = {"__fields__": pl.col("text").str.count_matches("::", literal=True) != len(columns) - 1}

@@ -16,7 +16,7 @@ import polars as pl
 
 from conf.schema import RecBoleConfig
 from tasks.adapters import RawFrames, empty_users
-from tasks.adapters.files import open_text
+from tasks.adapters.files import LINE, open_text, scan_lines
 from tasks.schemas import DataError
 
 log = logging.getLogger(__name__)
@@ -24,7 +24,6 @@ log = logging.getLogger(__name__)
 FIELD_TYPES = ("token", "token_seq", "float", "float_seq")
 INTERACTION_COLUMNS = ("user_id", "item_id", "timestamp")
 HINT = "point data.recbole.path at a RecBole dataset folder"
-LINE = "__line__"
 
 
 @dataclass(frozen=True)
@@ -126,15 +125,7 @@ def check_lines(file: AtomicFile, numbers: dict[str, bool]) -> None:
     numbers: column -> whether it is required (an empty optional value is allowed).
     Line numbers count the header as line 1.
     """
-    lines = pl.scan_csv(
-        file.text,
-        separator="\x1f",  # ASCII unit separator, absent from text data: each line is one field
-        quote_char=None,
-        has_header=False,
-        new_columns=["text"],
-        infer_schema=False,
-        truncate_ragged_lines=True,
-    ).with_row_index(LINE, offset=1)
+    lines = scan_lines(file.text)
     width = len(file.fields)
     columns = list(file.fields)
     split = pl.col("text").str.split_exact("\t", width - 1)

@@ -12,7 +12,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 
 Split = Literal["valid", "test", "all"]
 
@@ -65,30 +65,34 @@ class NextItemWindows(Dataset):
 
     Long sequences are cut from the end into non-overlapping windows of `max_len + 1` items, so every
     training event is predicted exactly once per epoch (SASRec's all-positions scheme, not RecBole's
-    one example per prefix).
+    one example per prefix). All windows are left-padded into one tensor up front, so a batch is a
+    single gather: no per-sample Python while training.
     """
 
     def __init__(self, sequences: list[np.ndarray], max_len: int):
-        self.windows = [
+        windows = [
             sequence[max(0, end - max_len - 1):end]
             for sequence in sequences
             for end in range(len(sequence), 1, -max_len)
         ]
-        self.max_len = max_len
+        self.padded = left_pad(windows, max_len + 1)  # [W, T+1]
 
     def __len__(self) -> int:
-        return len(self.windows)
+        return self.padded.shape[0]
 
-    def __getitem__(self, index: int) -> np.ndarray:
-        return self.windows[index]
+    def __getitem__(self, index: int | list[int]) -> Tensor:
+        return self.padded[index]
 
-    def collate(self, windows: list[np.ndarray]) -> tuple[Tensor, Tensor]:
-        """Left-padded (inputs [B, T], targets [B, T]); target 0 marks positions without a label."""
-        padded = left_pad(windows, self.max_len + 1)
+    def collate(self, padded: Tensor) -> tuple[Tensor, Tensor]:
+        """(inputs [B, T], targets [B, T]) of a [B, T+1] batch of windows; target 0 marks positions without a label."""
         inputs, targets = padded[:, :-1], padded[:, 1:]
-        # A short window's first item would otherwise be a target read from padding alone: the
-        # user's first event, labelled only when the window happens to be shorter than max_len + 1.
+        # A short window's first item follows only padding: it is an input, not a target.
         return inputs, targets.masked_fill(inputs == 0, 0)
+
+    def loader(self, batch_size: int, generator: torch.Generator) -> DataLoader:
+        """Shuffled batches, each drawn with one tensor gather."""
+        batches = BatchSampler(RandomSampler(self, generator=generator), batch_size, drop_last=False)
+        return DataLoader(self, sampler=batches, batch_size=None, collate_fn=self.collate)
 
 
 @dataclass(frozen=True)
@@ -162,9 +166,7 @@ class SequenceDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         windows = NextItemWindows(self.data.train, self.max_len)
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(windows, batch_size=self.batch_size, shuffle=True, generator=generator,
-                          collate_fn=windows.collate)
+        return windows.loader(self.batch_size, torch.Generator().manual_seed(self.seed))
 
     def val_dataloader(self) -> DataLoader:
         return split_loader(self.data, "valid", self.max_len, self.eval_batch_size)

@@ -74,7 +74,7 @@ def test_left_pad_pads_on_the_left_and_keeps_the_last_items():
 
 def collated(sequences: list[np.ndarray], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     windows = NextItemWindows(sequences, max_len)
-    return windows.collate([windows[i] for i in range(len(windows))])
+    return windows.collate(windows[list(range(len(windows)))])
 
 
 @pytest.mark.parametrize("length", [2, 5, 6, 11, 23])

@@ -116,7 +116,7 @@ def test_loss_falls_when_overfitting_one_batch(monkeypatch):
     monkeypatch.setattr(model, "log", lambda *args, **kwargs: None)  # no Trainer to log to
     sequences = [np.random.default_rng(row).integers(1, N_ITEMS, 9) for row in range(8)]
     windows = NextItemWindows(sequences, max_len=8)
-    batch = windows.collate([windows[i] for i in range(len(windows))])
+    batch = windows.collate(windows[list(range(len(windows)))])
     optimizer = model.configure_optimizers()
     model.train()
     losses = []

@@ -4,18 +4,16 @@ label every event once, loss falling when overfitting one batch, faithful save/l
 from __future__ import annotations
 
 import numpy as np
-import polars as pl
 import pytest
 import torch
 
-from conf.schema import SyntheticConfig, TrainConfig
+from conf.schema import TrainConfig
 from models.base import FitSummary, SequentialRecommender, rankable_scores
 from models.baselines import PopularityRecommender
 from models.data import NextItemWindows, SequenceData, left_pad, ranking_loader
 from models.extractors import CaserRecommender, GRURecommender
 from models.metrics import ndcg_at_k
 from models.registry import build_model, load_model
-from tasks.synthetic import generate_shop
 
 N_ITEMS = 30  # item_idx 1..29, 0 is padding
 SMALL_OPTIONS = {
@@ -181,25 +179,9 @@ def test_rankable_scores_masks_seen_items_only_when_asked():
     assert torch.isneginf(masked[:, 0]).all() and torch.isneginf(unmasked[:, 0]).all()
 
 
-def tiny_sequence_data() -> SequenceData:
-    """Leave-one-out splits of a small synthetic shop, items re-indexed from 1, first visits only."""
-    shop = generate_shop(SyntheticConfig(n_users=80, n_items=40, mean_events_per_user=10), seed=1)
-    item_idx = {item: idx for idx, item in enumerate(shop.items["item_id"].to_list(), start=1)}
-    sequences = (
-        shop.interactions.sort("user_id", "timestamp")
-        .unique(["user_id", "item_id"], keep="first", maintain_order=True)
-        .group_by("user_id", maintain_order=True)
-        .agg(pl.col("item_id"))
-    )
-    histories = [np.array([item_idx[i] for i in items]) for items in sequences["item_id"].to_list()]
-    histories = [h for h in histories if len(h) >= 4]
-    return SequenceData(len(item_idx) + 1, [h[:-2] for h in histories], [h[-2:-1] for h in histories],
-                        [h[-1:] for h in histories])
-
-
 @pytest.mark.parametrize("kind", NEURAL_KINDS)
-def test_short_fit_reports_valid_ndcg_keeps_best_weights_and_writes_a_checkpoint(kind, tmp_path):
-    data = tiny_sequence_data()
+def test_short_fit_reports_valid_ndcg_keeps_best_weights_and_writes_a_checkpoint(kind, tmp_path, tiny_data):
+    data = tiny_data
     model = build_model(kind, data.n_items, SMALL_OPTIONS[kind] | {"max_seq_len": 10})
     train = TrainConfig(max_epochs=2, progress_bar=False, batch_size=32, accelerator="cpu")
     summary = model.fit(data, train, seed=0, checkpoint_dir=tmp_path)

@@ -60,10 +60,10 @@ def main() -> None:
                                 config.evaluation.group_attribute, cache)
         print(f"Food–Kitchen: {prepared.n_users} users, {prepared.n_items - 1} items, {prepared.n_events} events",
               flush=True)
-        for model in [m for m in config.models if m.name in args.models.split(",")]:
+        for planned in [p for p in config.model_plan() if p.model.name in args.models.split(",")]:
+            model = planned.model
             started = time.perf_counter()
-            trained = train_recommender(prepared, model, config.train, config.seed,
-                                        config.evaluation.exclude_seen, cache)
+            trained = train_recommender(prepared, planned, config, cache)
             seconds = time.perf_counter() - started
             for protocol, evaluation in protocols.items():
                 table = pl.read_parquet(evaluate_trained(prepared, trained, evaluation, "food_kitchen",

@@ -76,10 +76,11 @@ def main() -> None:
                                 config.evaluation.group_attribute, cache)
         print(f"ML-1M after preprocessing: {prepared.n_users} users, {prepared.n_items - 1} items, "
               f"{prepared.n_events} interactions", flush=True)
-        for model in [m for m in config.models if m.name in wanted]:
+        for planned in [p for p in config.model_plan() if p.model.name in wanted]:
+            model = planned.model
             train = config.train.model_copy(update={"max_minutes": budgets.get(model.name, config.train.max_minutes)})
-            trained, seconds, peak = train_in_process(prepared, model, train, config.seed,
-                                                       config.evaluation.exclude_seen, cache)
+            trained, seconds, peak = train_in_process(prepared, planned, config.model_copy(update={"train": train}),
+                                                       cache)
             metrics = {}
             for exclude_seen in (True, False):
                 evaluation = config.evaluation.model_copy(update={"exclude_seen": exclude_seen})

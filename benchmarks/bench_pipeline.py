@@ -90,10 +90,9 @@ def main() -> None:
                                                 config.evaluation.group_attribute, cache)
             record("preprocess", seconds, peak)
             trained = []
-            for model in config.models:
-                result, seconds, peak = run_stage("train", prepared, model, config.train, config.seed,
-                                                  config.evaluation.exclude_seen, cache)
-                record(f"train {model.name} ({result.epochs} epochs)", seconds, peak)
+            for planned in config.model_plan():
+                result, seconds, peak = run_stage("train", prepared, planned, config, cache)
+                record(f"train {planned.label} ({result.epochs} epochs)", seconds, peak)
                 trained.append(result)
             for model in trained:
                 _, seconds, peak = run_stage("evaluate", prepared, model, config.evaluation, config.scenario.name,

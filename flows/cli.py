@@ -87,6 +87,9 @@ def report(result, console, title: str) -> None:
     console.print(f"run folder:      {result.run_dir}")
     console.print(f"metrics:         {result.metrics.path}")
     console.print(f"recommendations: {result.recommendations.parquet.path} (model {result.recommendations.model})")
+    gain = result.run_dir / "transfer_gain.csv"
+    if gain.exists():
+        console.print(f"transfer gain:   {gain} (plots: transfer_gain_*.png)")
     console.print(f"MLflow run:      {result.mlflow_run_id} in {result.tracking_uri}")
 
 

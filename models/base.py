@@ -89,11 +89,15 @@ class SequentialRecommender(pl.LightningModule):
     def encode(self, history: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def item_scores(self, interest: Tensor) -> Tensor:
+        """Score every item for interest vectors: [..., H] -> [..., n_items]."""
+        return self.output(interest)
+
     def score_all(self, history: Tensor) -> Tensor:
         """Score every item from the interest at the last position: [B, T] -> [B, n_items]."""
         history = history.to(self.device)
         interest = self.encode(history)[:, -1]  # [B, H]
-        scores = self.output(interest)  # [B, n_items]
+        scores = self.item_scores(interest)  # [B, n_items]
         scores[:, 0] = float("-inf")  # padding is never recommended
         return scores
 
@@ -101,7 +105,7 @@ class SequentialRecommender(pl.LightningModule):
         inputs, targets = batch  # [B, T] each
         labelled = targets > 0
         interest = self.encode(inputs)[labelled]  # [M, H]: only positions with a next item
-        loss = nn.functional.cross_entropy(self.output(interest), targets[labelled])
+        loss = nn.functional.cross_entropy(self.item_scores(interest), targets[labelled])
         self.log(TRAIN_LOSS, loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=int(labelled.sum()))
         return loss
 
@@ -142,6 +146,9 @@ class SequentialRecommender(pl.LightningModule):
             default_root_dir=str(checkpoint_dir) if checkpoint_dir else None,
         )
         module = SequenceDataModule(data, self.max_seq_len, train.batch_size, eval_batch_size=512, seed=seed)
+        # A second fit (fine-tuning) starts from the eval mode the first one ended in; Lightning keeps
+        # module modes as it finds them, so switch dropout back on here. Frozen parts stay frozen.
+        self.train()
         with warnings.catch_warnings():
             # We override transfer_batch_to_device on purpose (EvalBatch); Lightning warns about it.
             warnings.filterwarnings("ignore", message=".*transfer_batch_to_device.*")

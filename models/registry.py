@@ -9,13 +9,20 @@ import torch
 from models.attention import SASRecRecommender
 from models.base import Recommender
 from models.baselines import PopularityRecommender
+from models.bert_transfer import BertTransferRecommender
 from models.extractors import CaserRecommender, GRURecommender
+from models.itemknn import ItemKNNRecommender
+from models.mapping import EMCDRRecommender, PTUPCDRRecommender
 
 MODEL_CLASSES: dict[str, Any] = {
     PopularityRecommender.kind: PopularityRecommender,
     GRURecommender.kind: GRURecommender,
     CaserRecommender.kind: CaserRecommender,
     SASRecRecommender.kind: SASRecRecommender,
+    ItemKNNRecommender.kind: ItemKNNRecommender,
+    BertTransferRecommender.kind: BertTransferRecommender,
+    EMCDRRecommender.kind: EMCDRRecommender,
+    PTUPCDRRecommender.kind: PTUPCDRRecommender,
 }
 
 

@@ -11,15 +11,17 @@ from torch import Tensor
 from prefect import task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
-from conf.schema import EvaluationConfig
+from conf.schema import EvaluationConfig, ScenarioConfig, TransferConfig
 from models.base import Recommender, rankable_scores
 from models.data import EvalBatch, SequenceData, split_loader
 from models.metrics import compute_metrics
 from models.registry import load_model
+from models.transfer_data import keep_items
 from tasks import schemas
 from tasks.io import CacheDir, TableRef, fingerprint_text, read_table, write_parquet
 from tasks.preprocessing import PreparedData
-from tasks.training import TrainedModel, load_sequence_data
+from tasks.training import TrainedModel
+from tasks.transfer import input_data, load_views, only_test_users
 
 log = logging.getLogger(__name__)
 ALL_USERS = "all"
@@ -118,8 +120,12 @@ def summarize(per_user: pl.DataFrame, groups: pl.Series | None, scenario: str, m
 
 def evaluate_trained(prepared: PreparedData, trained: TrainedModel, cfg: EvaluationConfig, scenario: str,
                      max_seq_len: int, cache_root: Path) -> TableRef:
-    """Metrics of one saved model on the valid and test splits, written as a tidy Parquet table."""
-    data = load_sequence_data(prepared)
+    """Metrics of one saved model on the valid and test splits, written as a tidy Parquet table.
+
+    Every user is ranked with their whole history as input, restricted to the items the model reads
+    (a model trained on one domain only reads that domain's items).
+    """
+    data = input_data(prepared, trained.reads)
     model = load_model(Path(trained.model_file.path))
     users = read_table(prepared.users, schemas.USER_INDEX, "users")
     items = read_table(prepared.items, schemas.ITEM_INDEX, "items")
@@ -140,6 +146,33 @@ def evaluate_trained(prepared: PreparedData, trained: TrainedModel, cfg: Evaluat
     return write_parquet(metrics, cache_root / f"evaluate-{trained.name}-{key}" / "metrics.parquet")
 
 
+def score_report_users(prepared: PreparedData, trained: TrainedModel, scenario: ScenarioConfig,
+                       transfer: TransferConfig, cfg: EvaluationConfig, max_seq_len: int, seed: int) -> pl.DataFrame:
+    """Per-user test metrics of one model on the report's subsets: target users ('all') and cold-start users.
+
+    Columns: model, target_fraction, subset, user_idx, <metric>_at_<k>. Each subset ranks the same
+    users with the same input for every model (restricted to the items the model reads).
+    """
+    views = load_views(prepared, scenario, transfer, trained.target_fraction, seed)
+    model = load_model(Path(trained.model_file.path))
+    items = read_table(prepared.items, schemas.ITEM_INDEX, "items")
+    item_domains = domain_codes(items)
+    mask = views.item_mask(trained.reads)
+    frames = []
+    for subset, data, users in (("all", views.evaluation, views.report_users),
+                                ("cold_start", views.cold_evaluation, views.cold_users)):
+        if len(users) == 0:
+            continue
+        ranked, per_user = score_users(model, keep_items(only_test_users(data, users), mask), "test", cfg,
+                                       max_seq_len, item_domains)
+        frames.append(per_user.with_columns(
+            pl.lit(trained.config_name).alias("model"),
+            pl.lit(trained.target_fraction, dtype=pl.Float64).alias("target_fraction"),
+            pl.lit(subset).alias("subset"), pl.Series("user_idx", ranked + 1, dtype=pl.Int64),
+        ))
+    return pl.concat(frames) if frames else pl.DataFrame()
+
+
 def metric_key(row: dict) -> str:
     """MLflow key of a tidy metrics row: `<split>[/<group>]/<metric>_at_<k>`."""
     group = "" if row["group"] == ALL_USERS else f"{row['group']}/"
@@ -151,3 +184,10 @@ def evaluate(prepared: PreparedData, trained: TrainedModel, cfg: EvaluationConfi
              max_seq_len: int, cache: CacheDir) -> TableRef:
     """Prefect task: evaluate one trained model."""
     return evaluate_trained(prepared, trained, cfg, scenario, max_seq_len, cache.path)
+
+
+@task(name="score-transfer-users", cache_policy=INPUTS + TASK_SOURCE, persist_result=True)
+def score_transfer_users(prepared: PreparedData, trained: TrainedModel, scenario: ScenarioConfig,
+                         transfer: TransferConfig, cfg: EvaluationConfig, max_seq_len: int, seed: int) -> pl.DataFrame:
+    """Prefect task: per-user test metrics of one model on the report's subsets."""
+    return score_report_users(prepared, trained, scenario, transfer, cfg, max_seq_len, seed)

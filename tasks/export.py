@@ -17,7 +17,8 @@ from models.registry import load_model
 from tasks import schemas
 from tasks.io import TableRef, read_table, write_csv, write_parquet
 from tasks.preprocessing import PreparedData
-from tasks.training import TrainedModel, load_sequence_data
+from tasks.training import TrainedModel
+from tasks.transfer import input_data
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def recommend_top_k(model: Recommender, data: SequenceData, top_k: int, max_seq_
 def export_top_k(prepared: PreparedData, trained: TrainedModel, cfg: ExportConfig, max_seq_len: int,
                  run_dir: Path) -> ExportedRecommendations:
     """Write `recommendations.parquet` and `.csv` (user_id, item_id, rank, score) into the run folder."""
-    data = load_sequence_data(prepared)
+    data = input_data(prepared, trained.reads)
     model = load_model(Path(trained.model_file.path))
     user_position, item_idx, score = recommend_top_k(model, data, cfg.top_k, max_seq_len)
     ranks = np.tile(np.arange(1, cfg.top_k + 1, dtype=np.int32), len(data.train))

@@ -10,14 +10,16 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 from prefect import task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from conf.schema import PreprocessConfig, ScenarioConfig, SplitConfig
+from models.data import SequenceData
 from tasks import schemas
 from tasks.ingestion import RawTables
-from tasks.io import CacheDir, TableRef, fingerprint_text, scan_table, write_parquet
+from tasks.io import CacheDir, TableRef, fingerprint_text, read_table, scan_table, write_parquet
 from tasks.schemas import DataError
 
 log = logging.getLogger(__name__)
@@ -244,6 +246,16 @@ def prepare_data(
         prepared.n_users, prepared.n_items - 1, prepared.n_events, prepared.dropped_events, preprocess.k_core,
     )
     return prepared
+
+
+def load_sequence_data(prepared: PreparedData) -> SequenceData:
+    """Per-user item_idx arrays of each split, indexed by user_idx - 1."""
+    sequences = read_table(prepared.sequences, schemas.SEQUENCES, "sequences").sort("user_idx")
+
+    def arrays(column: str) -> list[np.ndarray]:
+        return [np.asarray(items, dtype=np.int64) for items in sequences[column].to_list()]
+
+    return SequenceData(prepared.n_items, arrays("train"), arrays("valid"), arrays("test"), arrays("context"))
 
 
 def check_catalogue_size(prepared: PreparedData, ks: list[int], top_k: int) -> None:

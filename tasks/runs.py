@@ -5,6 +5,9 @@ Output contract of a run folder (scripts and schedulers rely on it):
   metrics.csv               scenario, model, split, group, metric, k, value
   recommendations.parquet   user_id, item_id, rank, score  (and the same as .csv)
   run.json                  MLflow run id and tracking URI, paths, counts
+  transfer_gain.csv         transfer runs: scenario, model, target_fraction, subset, metric, k, value,
+                            baseline_model, baseline_value, rel_gain, ci_low, ci_high, n_users
+  transfer_gain_<subset>.png  transfer runs: NDCG@10 gain vs target-data fraction, one line per model
   data/                     the preprocessed tables (events, sequences, users, items) as Parquet
 """
 from __future__ import annotations
@@ -28,6 +31,9 @@ from tasks.export import ExportedRecommendations
 from tasks.io import CacheDir, TableRef, fingerprint_text, open_cache_dir, read_table, write_csv, write_json, write_text
 from tasks.preprocessing import PreparedData
 from tasks.training import TrainedModel
+from tasks.transfer_report import format_gain_table, plot_gain, transfer_gain_table
+
+TRANSFER_GAIN_FILE = "transfer_gain.csv"
 
 
 @dataclass(frozen=True)
@@ -72,10 +78,12 @@ def open_run_folder(config: PipelineConfig, flow_run_id: str | None = None) -> R
                                 tracking.flatten(config.model_dump(mode="json")), tags)
     tracking.log_files(uri, parent, [run_dir / "config.yaml"])
     children = {
-        model.name: tracking.start_run(uri, config.tracking.experiment, f"{name}/{model.name}",
-                                       tracking.flatten(model.model_dump(mode="json"), "model."),
-                                       tags | {"model": model.name, "model_kind": model.kind}, parent_run_id=parent)
-        for model in config.models
+        planned.label: tracking.start_run(
+            uri, config.tracking.experiment, f"{name}/{planned.label}",
+            tracking.flatten(planned.model.model_dump(mode="json"), "model.")
+            | ({"target_fraction": str(planned.target_fraction)} if planned.target_fraction is not None else {}),
+            tags | {"model": planned.label, "model_kind": planned.model.kind}, parent_run_id=parent)
+        for planned in config.model_plan()
     }
     return RunContext(name, run_dir, open_cache_dir(root / "cache"), uri, parent, children)
 
@@ -100,6 +108,21 @@ def record_metrics(run: RunContext, trained: list[TrainedModel], tables: list[Ta
     parent_metrics |= {"data/users": prepared.n_users, "data/items": prepared.n_items - 1,
                        "data/interactions": prepared.n_events}
     tracking.log_metrics(run.tracking_uri, run.mlflow_run_id, parent_metrics)
+    return ref
+
+
+def record_transfer_report(run: RunContext, per_user: list[pl.DataFrame], config: PipelineConfig) -> TableRef:
+    """Write transfer_gain.csv and its plot into the run folder, log both to MLflow, and print the table."""
+    table = transfer_gain_table(pl.concat([frame for frame in per_user if not frame.is_empty()], how="diagonal"),
+                                config.scenario.name, config.transfer_baselines(),
+                                n_samples=config.transfer.bootstrap_samples, seed=config.seed)
+    ref = write_csv(table, run.run_dir / TRANSFER_GAIN_FILE)
+    plots = [plot_gain(table, run.run_dir / f"transfer_gain_{subset}.png", subset=subset)
+             for subset in table["subset"].unique().sort().to_list()]
+    tracking.log_files(run.tracking_uri, run.mlflow_run_id, [Path(ref.path), *plots])
+    tracking.log_table(run.tracking_uri, run.mlflow_run_id, table, "transfer_gain.json")
+    print(f"Transfer gain, {config.scenario.name} (NDCG@10 relative to the baseline, paired bootstrap 95% CI):")
+    print(format_gain_table(table))
     return ref
 
 
@@ -147,3 +170,4 @@ def fail_run(run: RunContext) -> None:
 open_run = task(open_run_folder, name="open-run", cache_policy=NO_CACHE)
 log_metrics = task(record_metrics, name="record-metrics", cache_policy=NO_CACHE)
 close_run = task(close_run_folder, name="close-run", cache_policy=NO_CACHE)
+transfer_report = task(record_transfer_report, name="transfer-report", cache_policy=NO_CACHE)

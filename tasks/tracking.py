@@ -107,3 +107,8 @@ def log_files(tracking_uri: str, run_id: str, paths: Iterable[Path], artifact_pa
 def end_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:
     """Mark a run FINISHED or FAILED."""
     MlflowClient(tracking_uri).set_terminated(run_id, status)
+
+
+def log_table(tracking_uri: str, run_id: str, table, artifact_file: str) -> None:
+    """Log a Polars table as an MLflow table artifact (shown in the UI's artifact and evaluation views)."""
+    MlflowClient(tracking_uri).log_table(run_id, data=table.to_pandas(), artifact_file=artifact_file)

@@ -1,23 +1,24 @@
-"""Training: fit one configured model on the prepared sequences and save it."""
+"""Training: fit one configured model on the prepared sequences (or a transfer scenario's views) and save it."""
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pytorch_lightning as pl
 from prefect import task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
-from pytorch_lightning.loggers import MLFlowLogger
+from pytorch_lightning.loggers import Logger, MLFlowLogger
 
-from conf.schema import ModelConfig, TrainConfig
-from models.base import SequentialRecommender
+from conf.schema import (MAPPING_KINDS, ExportConfig, OutputConfig, PipelineConfig, PlannedModel, TrackingConfig,
+                         TrainConfig, regime_of)
+from models.base import FitSummary, Recommender, SequentialRecommender
 from models.data import SequenceData
 from models.registry import MODEL_CLASSES, build_model
-from tasks import schemas
-from tasks.io import CacheDir, TableRef, fingerprint_file, fingerprint_text, read_table
-from tasks.preprocessing import PreparedData
+from models.transfer_data import TransferViews, reads_of
+from tasks.io import CacheDir, TableRef, fingerprint_file, fingerprint_text
+from tasks.preprocessing import PreparedData, load_sequence_data  # noqa: F401 (re-exported)
+from tasks.transfer import item_text_tensor, load_views
 
 log = logging.getLogger(__name__)
 
@@ -26,60 +27,102 @@ log = logging.getLogger(__name__)
 class TrainedModel:
     """A saved model and how its training went."""
 
-    name: str
+    name: str  # the run label: the configured name, or name@fraction when a run sweeps target fractions
     kind: str
     model_file: TableRef
     epochs: int
     best_valid_ndcg: float | None
     seconds: float
     training_run_id: str | None  # the MLflow run holding its training curves
+    config_name: str = ""  # the model's name in the config
+    train_on: str = "pooled"  # its training regime
+    reads: str = "all"  # which items of a history it reads: all, target or source
+    target_fraction: float | None = None  # share of the target's training data it saw (transfer runs)
 
 
-def load_sequence_data(prepared: PreparedData) -> SequenceData:
-    """Per-user item_idx arrays of each split, indexed by user_idx - 1."""
-    sequences = read_table(prepared.sequences, schemas.SEQUENCES, "sequences").sort("user_idx")
-
-    def arrays(column: str) -> list[np.ndarray]:
-        return [np.asarray(items, dtype=np.int64) for items in sequences[column].to_list()]
-
-    return SequenceData(prepared.n_items, arrays("train"), arrays("valid"), arrays("test"), arrays("context"))
+def training_settings(config: PipelineConfig) -> PipelineConfig:
+    """The config with the sections training never reads reset, so that they stay out of its cache key
+    (a new run name or export setting must not retrain the models)."""
+    return config.model_copy(update={"name": "run", "output": OutputConfig(), "export": ExportConfig(),
+                                     "tracking": TrackingConfig()})
 
 
-def model_options(model_cfg: ModelConfig, train: TrainConfig, exclude_seen: bool) -> dict:
-    """Constructor options of the configured model: its own section, plus training settings for neural ones."""
-    options = model_cfg.model_dump(exclude={"kind", "name"})
+def model_options(planned: PlannedModel, config: PipelineConfig, text_dim: int | None) -> dict:
+    """Constructor options of the planned model: its own section, plus training settings for neural ones."""
+    model_cfg, train = planned.model, config.train
+    exclude_seen = config.evaluation.exclude_seen
+    options = model_cfg.model_dump(exclude={"kind", "name", "train_on"})
+    neural = {"learning_rate": train.learning_rate, "weight_decay": train.weight_decay,
+              "max_seq_len": train.max_seq_len, "exclude_seen": exclude_seen}
+    if model_cfg.kind in MAPPING_KINDS:
+        extractor = model_cfg.extractor.model_dump(exclude={"name", "train_on"}) | neural
+        return {"extractor": extractor, "mapping_hidden": model_cfg.mapping_hidden,
+                "learning_rate": train.learning_rate, "max_epochs": train.max_epochs, "patience": train.patience}
     if issubclass(MODEL_CLASSES[model_cfg.kind], SequentialRecommender):
-        options |= {"learning_rate": train.learning_rate, "weight_decay": train.weight_decay,
-                    "max_seq_len": train.max_seq_len, "exclude_seen": exclude_seen}
+        options |= neural
+    if model_cfg.kind == "bert_transfer":
+        options |= {"text_dim": text_dim, "text_model_path": config.text.model_path,
+                    "learning_rate": model_cfg.learning_rate or train.learning_rate}
     return options
 
 
-def train_recommender(prepared: PreparedData, model_cfg: ModelConfig, train: TrainConfig, seed: int,
-                      exclude_seen: bool, cache_root: Path, tracking_uri: str | None = None,
+def fit_regime(model: Recommender, regime: str, data: SequenceData, views: TransferViews | None,
+               train: TrainConfig, seed: int, loggers: list[Logger], checkpoint_dir: Path) -> FitSummary:
+    """Fit the model under its regime: on one view, source then target (transfer), or through a mapping."""
+    if views is None:
+        return model.fit(data, train, seed, loggers=loggers, checkpoint_dir=checkpoint_dir)
+    if regime == "mapping":
+        return model.fit_views(views, train, seed, loggers=loggers, checkpoint_dir=checkpoint_dir)
+    if regime != "source_then_target":
+        return model.fit(views.training_data(regime), train, seed, loggers=loggers, checkpoint_dir=checkpoint_dir)
+    pretrained = model.fit(views.source, train, seed, loggers=loggers, checkpoint_dir=checkpoint_dir / "source")
+    if hasattr(model, "prepare_finetune"):
+        model.prepare_finetune()
+    # The fine-tune starts from the weights the source stage ended with (its best epoch).
+    finetuned = model.fit(views.target, train, seed, loggers=loggers, checkpoint_dir=checkpoint_dir / "target")
+    return FitSummary(pretrained.epochs + finetuned.epochs, finetuned.best_valid_ndcg,
+                      pretrained.seconds + finetuned.seconds)
+
+
+def train_recommender(prepared: PreparedData, planned: PlannedModel, config: PipelineConfig, cache_root: Path,
+                      item_text: TableRef | None = None, tracking_uri: str | None = None,
                       mlflow_run_id: str | None = None) -> TrainedModel:
-    """Fit the configured model (curves to the given MLflow run) and save it under cache_root."""
-    data = load_sequence_data(prepared)
+    """Fit the planned model (curves to the given MLflow run) and save it under cache_root."""
+    model_cfg, seed = planned.model, config.seed
+    regime = regime_of(model_cfg)
+    views = (load_views(prepared, config.scenario, config.transfer, planned.target_fraction, seed)
+             if config.is_transfer() else None)
+    data = load_sequence_data(prepared) if views is None else None
+    vectors = item_text_tensor(item_text) if item_text is not None and model_cfg.kind == "bert_transfer" else None
     # Seed before the model is built: weight initialisation draws from the global generator too.
     pl.seed_everything(seed, workers=True)
-    model = build_model(model_cfg.kind, prepared.n_items, model_options(model_cfg, train, exclude_seen))
-    key = fingerprint_text(prepared.sequences.fingerprint, model_cfg.model_dump(), train.model_dump(), seed,
-                           exclude_seen)
+    model = build_model(model_cfg.kind, prepared.n_items,
+                        model_options(planned, config, vectors.shape[1] if vectors is not None else None))
+    if vectors is not None:
+        model.attach_item_text(vectors)
+    key = fingerprint_text(prepared.sequences.fingerprint, planned.model_dump(mode="json"), config.train.model_dump(),
+                           seed, config.evaluation.exclude_seen, config.scenario.model_dump(),
+                           config.transfer.cold_start_fraction, config.text.model_dump(),
+                           item_text.fingerprint if item_text else None)
     out_dir = cache_root / f"train-{model_cfg.name}-{key}"
     loggers = [MLFlowLogger(tracking_uri=tracking_uri, run_id=mlflow_run_id)] if mlflow_run_id else []
-    summary = model.fit(data, train, seed, loggers=loggers, checkpoint_dir=out_dir / "checkpoints")
+    summary = fit_regime(model, regime, data, views, config.train, seed, loggers, out_dir / "checkpoints")
     model_path = out_dir / "model.pt"
     model.save(model_path)
-    log.info("trained %s (%s): %d epochs, best valid NDCG@10 %s, %.1f s", model_cfg.name, model_cfg.kind,
+    log.info("trained %s (%s, %s): %d epochs, best valid NDCG@10 %s, %.1f s", planned.label, model_cfg.kind, regime,
              summary.epochs, summary.best_valid_ndcg, summary.seconds)
-    return TrainedModel(model_cfg.name, model_cfg.kind, TableRef(str(model_path), fingerprint_file(model_path)),
-                        summary.epochs, summary.best_valid_ndcg, summary.seconds, mlflow_run_id)
+    return TrainedModel(planned.label, model_cfg.kind, TableRef(str(model_path), fingerprint_file(model_path)),
+                        summary.epochs, summary.best_valid_ndcg, summary.seconds, mlflow_run_id,
+                        config_name=model_cfg.name, train_on=regime,
+                        reads="source" if regime == "mapping" else reads_of(regime, config.scenario.partition),
+                        target_fraction=planned.target_fraction)
 
 
 # The MLflow run id is left out of the cache key: the same data and config give the same model
 # whichever run asks, and a cache hit points back to the run that holds the curves.
 @task(name="train", cache_policy=(INPUTS + TASK_SOURCE) - "mlflow_run_id" - "tracking_uri", persist_result=True)
-def train(prepared: PreparedData, model_cfg: ModelConfig, train_cfg: TrainConfig, seed: int, exclude_seen: bool,
-          cache: CacheDir, tracking_uri: str | None = None, mlflow_run_id: str | None = None) -> TrainedModel:
+def train(prepared: PreparedData, planned: PlannedModel, config: PipelineConfig, cache: CacheDir,
+          item_text: TableRef | None = None, tracking_uri: str | None = None,
+          mlflow_run_id: str | None = None) -> TrainedModel:
     """Prefect task: train one model."""
-    return train_recommender(prepared, model_cfg, train_cfg, seed, exclude_seen, cache.path, tracking_uri,
-                             mlflow_run_id)
+    return train_recommender(prepared, planned, config, cache.path, item_text, tracking_uri, mlflow_run_id)

@@ -11,10 +11,10 @@ def test_same_seed_gives_identical_weights_whatever_the_global_random_state(tmp_
     config = load_config(preset_path("experiments/tiny.yaml"), ["train.max_epochs=1"])
     raw = ingest_dataset(config.data, config.seed, tmp_path)
     prepared = prepare_data(raw, config.preprocess, config.split, config.scenario, "gender", tmp_path)
-    gru = next(model for model in config.models if model.kind == "rnn")
+    gru = next(planned for planned in config.model_plan() if planned.model.kind == "rnn")
     fingerprints = []
     for attempt, folder in enumerate(("first", "second")):
         torch.manual_seed(1000 + attempt)  # whatever ran before must not leak into the model
-        trained = train_recommender(prepared, gru, config.train, config.seed, True, tmp_path / folder)
+        trained = train_recommender(prepared, gru, config, tmp_path / folder)
         fingerprints.append(trained.model_file.fingerprint)
     assert fingerprints[0] == fingerprints[1]

@@ -23,10 +23,9 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 from transformers import AutoConfig, BertConfig, BertModel
-from transformers.utils import logging as hf_logging
 
 from models.base import SequentialRecommender
-from models.text import resolve_model_path
+from models.text import quiet_transformers, resolve_model_path
 
 INIT_STD = 0.02
 
@@ -45,12 +44,8 @@ def build_encoder(init: str, text_model_path: str | None, num_layers: int, hidde
                              f"{config.max_position_embeddings} positions")
         config.update({"is_decoder": True, "num_hidden_layers": num_layers, "hidden_dropout_prob": dropout,
                        "attention_probs_dropout_prob": dropout})
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()  # the load report lists the layers we leave out on purpose
-        try:
+        with quiet_transformers():  # its load report lists the layers we leave out on purpose
             return BertModel.from_pretrained(path, config=config, add_pooling_layer=False, local_files_only=True)
-        finally:
-            hf_logging.set_verbosity(verbosity)
     config = BertConfig(vocab_size=1, hidden_size=hidden_dim, num_hidden_layers=num_layers,
                         num_attention_heads=num_heads, intermediate_size=4 * hidden_dim,
                         max_position_embeddings=max_seq_len, type_vocab_size=1, is_decoder=True,

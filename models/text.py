@@ -85,7 +85,7 @@ def _weights_file(folder: Path) -> Path | None:
 
 
 @contextmanager
-def _quiet_transformers() -> Iterator[None]:
+def quiet_transformers() -> Iterator[None]:
     """Silence transformers' info logs and 'Loading weights' bars for the block, then restore them.
 
     The settings are process-wide, so a concurrent load in another thread is silenced too.
@@ -113,7 +113,7 @@ def load_text_model(model_path: str | Path | None) -> tuple[Any, torch.nn.Module
     config = load_config(folder)  # first, so a corrupt config.json is reported as such
     # Truncated weights, a broken tokenizer.json, ...: transformers and safetensors raise many
     # exception types, so any failure is reported with the part that failed and the message.
-    with _quiet_transformers():
+    with quiet_transformers():
         try:
             tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         except Exception as error:
@@ -134,7 +134,7 @@ def load_config(folder: Path) -> Any:
     from transformers import AutoConfig
 
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             return AutoConfig.from_pretrained(folder, local_files_only=True)
     except Exception as error:
         raise TextModelError(

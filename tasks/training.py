@@ -1,11 +1,13 @@
 """Training: fit one configured model on the prepared sequences (or a transfer scenario's views) and save it."""
 from __future__ import annotations
 
+import json
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 from prefect import task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 from pytorch_lightning.loggers import Logger, MLFlowLogger
@@ -16,7 +18,7 @@ from models.base import FitSummary, Recommender, SequentialRecommender
 from models.data import SequenceData
 from models.registry import MODEL_CLASSES, build_model
 from models.transfer_data import TransferViews, reads_of
-from tasks.io import CacheDir, TableRef, fingerprint_file, fingerprint_text
+from tasks.io import CacheDir, TableRef, atomic_path, fingerprint_file, fingerprint_text, write_json
 from tasks.preprocessing import PreparedData, load_sequence_data  # noqa: F401 (re-exported)
 from tasks.transfer import item_text_tensor, load_views
 
@@ -66,8 +68,28 @@ def model_options(planned: PlannedModel, config: PipelineConfig, text_dim: int |
     return options
 
 
+def pretrain_on_source(model: Recommender, views: TransferViews, train: TrainConfig, seed: int,
+                       loggers: list[Logger], pretrain_dir: Path) -> FitSummary:
+    """Fit on the source view, or load the weights a previous fit left in pretrain_dir.
+
+    The source view does not depend on the target fraction, so a sweep over fractions pre-trains
+    once and fine-tunes from the same weights for every fraction.
+    """
+    weights, summary_file = pretrain_dir / "pretrained.pt", pretrain_dir / "summary.json"
+    if weights.exists() and summary_file.exists():
+        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        log.info("pre-trained weights reused from %s", weights)
+        return FitSummary(**json.loads(summary_file.read_text()))
+    summary = model.fit(views.source, train, seed, loggers=loggers, checkpoint_dir=pretrain_dir / "checkpoints")
+    with atomic_path(weights) as temporary:
+        torch.save({k: v.cpu() for k, v in model.state_dict().items()}, temporary)
+    write_json(asdict(summary), summary_file)
+    return summary
+
+
 def fit_regime(model: Recommender, regime: str, data: SequenceData, views: TransferViews | None,
-               train: TrainConfig, seed: int, loggers: list[Logger], checkpoint_dir: Path) -> FitSummary:
+               train: TrainConfig, seed: int, loggers: list[Logger], checkpoint_dir: Path,
+               pretrain_dir: Path | None = None) -> FitSummary:
     """Fit the model under its regime: on one view, source then target (transfer), or through a mapping."""
     if views is None:
         return model.fit(data, train, seed, loggers=loggers, checkpoint_dir=checkpoint_dir)
@@ -75,7 +97,7 @@ def fit_regime(model: Recommender, regime: str, data: SequenceData, views: Trans
         return model.fit_views(views, train, seed, loggers=loggers, checkpoint_dir=checkpoint_dir)
     if regime != "source_then_target":
         return model.fit(views.training_data(regime), train, seed, loggers=loggers, checkpoint_dir=checkpoint_dir)
-    pretrained = model.fit(views.source, train, seed, loggers=loggers, checkpoint_dir=checkpoint_dir / "source")
+    pretrained = pretrain_on_source(model, views, train, seed, loggers, pretrain_dir or checkpoint_dir / "source")
     if hasattr(model, "prepare_finetune"):
         model.prepare_finetune()
     # The fine-tune starts from the weights the source stage ended with (its best epoch).
@@ -105,8 +127,14 @@ def train_recommender(prepared: PreparedData, planned: PlannedModel, config: Pip
                            config.transfer.cold_start_fraction, config.text.model_dump(),
                            item_text.fingerprint if item_text else None)
     out_dir = cache_root / f"train-{model_cfg.name}-{key}"
+    # Everything the source stage depends on, and nothing of the target fraction.
+    pretrain_key = fingerprint_text(prepared.sequences.fingerprint, model_cfg.model_dump(mode="json"),
+                                    config.train.model_dump(), seed, config.evaluation.exclude_seen,
+                                    config.scenario.model_dump(), config.transfer.cold_start_fraction,
+                                    config.text.model_dump(), item_text.fingerprint if item_text else None)
     loggers = [MLFlowLogger(tracking_uri=tracking_uri, run_id=mlflow_run_id)] if mlflow_run_id else []
-    summary = fit_regime(model, regime, data, views, config.train, seed, loggers, out_dir / "checkpoints")
+    summary = fit_regime(model, regime, data, views, config.train, seed, loggers, out_dir / "checkpoints",
+                         cache_root / f"pretrain-{model_cfg.name}-{pretrain_key}")
     model_path = out_dir / "model.pt"
     model.save(model_path)
     log.info("trained %s (%s, %s): %d epochs, best valid NDCG@10 %s, %.1f s", planned.label, model_cfg.kind, regime,

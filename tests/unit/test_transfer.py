@@ -142,3 +142,26 @@ def test_pretrained_init_starts_from_the_text_model_layers():
 def test_a_missing_text_model_folder_is_a_clear_error(tmp_path):
     with pytest.raises(TextModelError, match=str(tmp_path / "nowhere")):
         BertTransferRecommender(41, init="pretrained", text_model_path=str(tmp_path / "nowhere"))
+
+
+def test_a_fraction_sweep_pre_trains_once_and_fine_tunes_from_the_same_weights(tmp_path):
+    data, item_role = mixed_domains()
+    starts = []
+    for fraction in (0.3, 1.0):
+        views = item_domain_views(data, item_role, fraction=fraction, cold_fraction=0.0, seed=0)
+        torch.manual_seed(int(fraction * 10))  # a different fresh model each time
+        model = GRURecommender(41, embedding_dim=8, hidden_dim=8, max_seq_len=10, learning_rate=0.01)
+        original_fit = model.fit
+        calls = []
+
+        def recording_fit(view, *args, model=model, original_fit=original_fit, calls=calls, **kwargs):
+            calls.append({k: v.clone() for k, v in model.state_dict().items()})
+            return original_fit(view, *args, **kwargs)
+
+        model.fit = recording_fit
+        summary = fit_regime(model, "source_then_target", None, views, TRAIN, seed=0, loggers=[],
+                             checkpoint_dir=tmp_path / str(fraction), pretrain_dir=tmp_path / "pretrain")
+        starts.append(calls[-1])  # the weights the target stage started from
+        assert len(calls) == (2 if fraction == 0.3 else 1)  # the second sweep step loads, does not re-fit
+        assert summary.epochs >= 2
+    assert all(torch.equal(starts[0][k], starts[1][k]) for k in starts[0])

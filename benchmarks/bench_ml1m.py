@@ -12,41 +12,20 @@ within the preset's time budget (train.max_minutes), on this machine's CPU cores
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import os
-import resource
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import train_in_process  # noqa: E402
+
 # Reference figures, quoted from ../shared/anchors/PEERS.md (not measured here).
 RECBOLE_PUBLISHED_NDCG10 = {"popularity": None, "gru": 0.1545, "caser": 0.1061, "sasrec": 0.1286}  # seen kept
 RECBOLE_2CORE_SECONDS_PER_EPOCH = {"popularity": 1, "gru": 335, "caser": 3900, "sasrec": 1800}
 PUBLISHED_SEEN_REMOVED_NDCG10 = {"sasrec": 0.1821}  # SASRec + full CE, Klenitskiy & Vasilev 2023
-
-
-def _train_worker(args: tuple, queue) -> None:
-    import flows  # noqa: F401  (environment defaults)
-    from tasks.training import train_recommender
-
-    started = time.perf_counter()
-    trained = train_recommender(*args)
-    queue.put((trained, time.perf_counter() - started, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
-
-
-def train_in_process(*args):
-    """(TrainedModel, seconds, peak RSS MB) of one training run in a fresh process."""
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    process = context.Process(target=_train_worker, args=(args, queue))
-    process.start()
-    result = queue.get()
-    process.join()
-    return result
 
 
 def main() -> None:

@@ -12,9 +12,7 @@ cost columns added. Protocol: the preset's (split, candidates, negatives); see i
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -23,25 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-
-def _train_worker(args: tuple, queue) -> None:
-    import flows  # noqa: F401  (environment defaults)
-    from tasks.training import train_recommender
-
-    started = time.perf_counter()
-    trained = train_recommender(*args)
-    queue.put((trained, time.perf_counter() - started, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
-
-
-def train_in_process(*args):
-    """(TrainedModel, seconds, peak RSS MB) of one training in a fresh process."""
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    process = context.Process(target=_train_worker, args=(args, queue))
-    process.start()
-    result = queue.get()
-    process.join()
-    return result
+from benchmarks.common import train_in_process  # noqa: E402
 
 
 def main() -> None:

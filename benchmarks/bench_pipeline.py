@@ -23,6 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import peak_rss_mb  # noqa: E402
+
 
 def _peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
     return resource.getrusage(who).ru_maxrss / 1024  # Linux reports KiB
@@ -40,7 +42,7 @@ def _stage_worker(stage: str, args: tuple, queue) -> None:
                  "evaluate": evaluate_trained, "export": export_top_k}
     started = time.perf_counter()
     result = functions[stage](*args)
-    queue.put((result, time.perf_counter() - started, _peak_rss_mb()))
+    queue.put((result, time.perf_counter() - started, peak_rss_mb()))
 
 
 def run_stage(stage: str, *args):

@@ -2,8 +2,20 @@
 from __future__ import annotations
 
 import multiprocessing
-import resource
 import time
+from pathlib import Path
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM) in MB.
+
+    Not getrusage's ru_maxrss: Linux carries that high-water mark across fork and exec, so a spawned
+    child would report at least its parent's memory at the time it was started.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
 def _train_worker(args: tuple, queue) -> None:
@@ -12,7 +24,7 @@ def _train_worker(args: tuple, queue) -> None:
 
     started = time.perf_counter()
     trained = train_recommender(*args)
-    queue.put((trained, time.perf_counter() - started, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+    queue.put((trained, time.perf_counter() - started, peak_rss_mb()))
 
 
 def train_in_process(*args):

@@ -12,7 +12,7 @@ import torch
 
 from conf.schema import EvaluationConfig
 from models.baselines import PopularityRecommender
-from models.data import SequenceData
+from models.data import EvalBatch, SequenceData
 from models.registry import build_model
 from tasks.evaluation import metric_key, score_users, summarize
 from tasks.export import best_model, recommend_top_k
@@ -218,7 +218,7 @@ def test_best_model_falls_back_to_the_largest_k_without_ndcg_at_10():
 
 # --- restricted candidates (the sampled protocol of the cross-domain benchmarks) ----------------
 
-def domain_batch(users: list[int]) -> "EvalBatch":
+def domain_batch(users: list[int]) -> EvalBatch:
     from models.data import ranking_loader
 
     # 11 items (1..10 plus padding): items 1-5 are domain 0, items 6-10 domain 1.

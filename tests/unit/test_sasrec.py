@@ -11,7 +11,7 @@ import torch
 from conf.schema import TrainConfig
 from models.attention import SASRecRecommender
 from models.base import FitSummary
-from models.data import NextItemWindows, SequenceData
+from models.data import NextItemWindows
 from models.registry import build_model, load_model
 
 N_ITEMS = 30  # item_idx 1..29, 0 is padding

@@ -458,7 +458,7 @@ class PlannedModel(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    label: str  # the model's name in metrics, MLflow and the run folder: name, or name@fraction
+    label: str  # the model's name in metrics, MLflow and the run folder: name, or name:fraction (MLflow metric keys allow no "@")
     model: ModelConfig
     target_fraction: float | None  # None: no transfer scenario
 
@@ -499,7 +499,7 @@ class PipelineConfig(Section):
             return [PlannedModel(label=m.name, model=m, target_fraction=None) for m in self.models]
         fractions = self.transfer.target_fractions
         return [
-            PlannedModel(label=m.name if len(fractions) == 1 else f"{m.name}@{f:g}", model=m, target_fraction=f)
+            PlannedModel(label=m.name if len(fractions) == 1 else f"{m.name}:{f:g}", model=m, target_fraction=f)
             for f in fractions for m in self.models
         ]
 

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 class TrainedModel:
     """A saved model and how its training went."""
 
-    name: str  # the run label: the configured name, or name@fraction when a run sweeps target fractions
+    name: str  # the run label: the configured name, or name:fraction when a run sweeps target fractions
     kind: str
     model_file: TableRef
     epochs: int

@@ -33,7 +33,8 @@ def cross_group(tmp_path_factory):
               " {kind: rnn, name: gru_finetune, train_on: source_then_target},"
               " {kind: bert_transfer, name: bert_finetune, train_on: source_then_target, init: scratch,"
               "  hidden_dim: 32, num_layers: 1}]")
-    config = build(tmp_path_factory, "shop_cross_group.yaml", models)
+    # Two fractions: every model is trained (and logged to MLflow) once per fraction, as `name:fraction`.
+    config = build(tmp_path_factory, "shop_cross_group.yaml", models, "transfer.target_fractions=[0.05,1.0]")
     return config, pipeline_flow(config)
 
 
@@ -50,10 +51,13 @@ def cross_domain(tmp_path_factory):
     return config, pipeline_flow(config)
 
 
-def gain_rows(result, metric="ndcg", k=10, baseline="gru_target", subset="all") -> dict[str, dict]:
+def gain_rows(result, metric="ndcg", k=10, baseline="gru_target", subset="all", fraction=None) -> dict[str, dict]:
     table = pl.read_csv(result.run_dir / "transfer_gain.csv")
     rows = table.filter((pl.col("metric") == metric) & (pl.col("k") == k) & (pl.col("subset") == subset)
                         & (pl.col("baseline_model") == baseline))
+    if fraction is not None:
+        rows = rows.filter(pl.col("target_fraction") == fraction)
+    assert rows["model"].n_unique() == rows.height, "one row per model expected"
     return {row["model"]: row for row in rows.to_dicts()}
 
 
@@ -63,15 +67,22 @@ def test_transfer_gain_csv_is_tidy_and_logged_with_its_plot(cross_group):
     assert table.columns == TRANSFER_GAIN_COLUMNS
     assert set(table["baseline_model"].drop_nulls()) == {"gru_target", "gru_pooled"}
     assert set(table["metric"]) == {"precision", "recall", "f1", "ndcg", "hit", "mrr"}
-    assert set(table["target_fraction"]) == {0.05}
+    assert set(table["target_fraction"]) == {0.05, 1.0}
+    metrics = pl.read_csv(result.run_dir / "metrics.csv")
+    assert {"gru_finetune:0.05", "gru_finetune:1"} <= set(metrics["model"])
     assert (result.run_dir / "transfer_gain_all.png").read_bytes().startswith(b"\x89PNG")
     artifacts = {a.path for a in MlflowClient(result.tracking_uri).list_artifacts(result.mlflow_run_id)}
     assert {"transfer_gain.csv", "transfer_gain_all.png", "transfer_gain.json"} <= artifacts
+    client = MlflowClient(result.tracking_uri)
+    children = client.search_runs([client.get_run(result.mlflow_run_id).info.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{result.mlflow_run_id}'")
+    assert {run.data.tags["model"] for run in children} == {planned.label for planned in config.model_plan()}
+    assert all("test/ndcg_at_10" in run.data.metrics for run in children)
 
 
 def test_with_5_percent_target_data_transfer_beats_target_only(cross_group):
     _, result = cross_group
-    rows = gain_rows(result)
+    rows = gain_rows(result, fraction=0.05)
     for model in ("gru_finetune", "bert_finetune"):
         assert rows[model]["ci_low"] > 0, rows[model]  # the whole 95% interval above the target-only GRU
     n_target_users = rows["gru_target"]["n_users"]

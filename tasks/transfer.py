@@ -1,6 +1,6 @@
-"""Transfer scenarios at the task level: views from the prepared tables, item text, per-user scoring.
+"""Transfer scenarios at the task level: views from the prepared tables, and the item text embeddings.
 
-The plain functions here are what training, evaluation and the transfer-gain report share: the
+The plain functions here are what training, evaluation and export share: the
 same config and seed always give the same views (the same sampled target users and cold users).
 """
 from __future__ import annotations
@@ -17,13 +17,13 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from conf.schema import ScenarioConfig, TextConfig, TransferConfig
 from models.data import SequenceData
+from models.text import model_fingerprint, resolve_model_path
 from models.transfer_data import (EMPTY, OTHER, SOURCE, TARGET, TransferViews, item_domain_views, keep_items,
                                   user_group_views)
 from tasks import schemas
 from tasks.io import CacheDir, TableRef, atomic_path, fingerprint_file, fingerprint_text, read_table
 from tasks.preprocessing import PreparedData, load_sequence_data
 from tasks.text_embeddings import encode_texts, item_texts
-from models.text import model_fingerprint, resolve_model_path
 
 log = logging.getLogger(__name__)
 ROLE_CODES = {"source": SOURCE, "target": TARGET}

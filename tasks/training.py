@@ -122,16 +122,14 @@ def train_recommender(prepared: PreparedData, planned: PlannedModel, config: Pip
                         model_options(planned, config, vectors.shape[1] if vectors is not None else None))
     if vectors is not None:
         model.attach_item_text(vectors)
-    key = fingerprint_text(prepared.sequences.fingerprint, planned.model_dump(mode="json"), config.train.model_dump(),
-                           seed, config.evaluation.exclude_seen, config.scenario.model_dump(),
-                           config.transfer.cold_start_fraction, config.text.model_dump(),
-                           item_text.fingerprint if item_text else None)
-    out_dir = cache_root / f"train-{model_cfg.name}-{key}"
-    # Everything the source stage depends on, and nothing of the target fraction.
+    # Everything the source stage depends on, and nothing of the target fraction: a fraction sweep
+    # pre-trains once. The trained model's own key adds the fraction.
     pretrain_key = fingerprint_text(prepared.sequences.fingerprint, model_cfg.model_dump(mode="json"),
                                     config.train.model_dump(), seed, config.evaluation.exclude_seen,
                                     config.scenario.model_dump(), config.transfer.cold_start_fraction,
                                     config.text.model_dump(), item_text.fingerprint if item_text else None)
+    key = fingerprint_text(pretrain_key, planned.target_fraction)
+    out_dir = cache_root / f"train-{model_cfg.name}-{key}"
     loggers = [MLFlowLogger(tracking_uri=tracking_uri, run_id=mlflow_run_id)] if mlflow_run_id else []
     summary = fit_regime(model, regime, data, views, config.train, seed, loggers, out_dir / "checkpoints",
                          cache_root / f"pretrain-{model_cfg.name}-{pretrain_key}")

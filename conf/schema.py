@@ -392,6 +392,11 @@ class TrainConfig(Section):
     max_seq_len: int = Field(50, ge=2, description="Most recent items a model reads.")
     patience: int = Field(3, ge=1, description="Epochs without validation NDCG@10 gain before stopping.")
     max_minutes: float | None = Field(None, gt=0, description="Wall-clock training budget per model (Lightning max_time).")
+    lr_decay_factor: float | None = Field(
+        None, gt=0, lt=1, description="Multiply the learning rate by this when validation NDCG@10 stalls "
+        "(ReduceLROnPlateau); None keeps it constant.",
+    )
+    lr_decay_patience: int = Field(2, ge=0, description="Epochs without validation gain before the learning rate decays.")
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
     devices: int | str = 1
     precision: Literal["32-true", "16-mixed", "bf16-mixed"] = "32-true"

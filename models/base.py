@@ -120,8 +120,21 @@ class SequentialRecommender(pl.LightningModule):
             return EvalBatch(*(getattr(batch, f).to(device) for f in batch.__dataclass_fields__))
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    # Set by `fit` from TrainConfig: (factor, patience) of a plateau schedule, or None for a constant rate.
+    lr_decay: tuple[float, int] | None = None
+
+    def make_optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
+        optimizer = self.make_optimizer()
+        if self.lr_decay is None:
+            return optimizer
+        factor, patience = self.lr_decay
+        # Decay when validation NDCG@10 stalls: a lower rate after the plateau usually finds a
+        # better optimum than stopping there (the early-stopping patience should exceed this one).
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=factor, patience=patience)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": plateau, "monitor": VALID_METRIC}}
 
     def fit(self, data: SequenceData, train: TrainConfig, seed: int, loggers: Sequence[Logger] = (),
             checkpoint_dir: Path | None = None) -> FitSummary:
@@ -146,6 +159,7 @@ class SequentialRecommender(pl.LightningModule):
             default_root_dir=str(checkpoint_dir) if checkpoint_dir else None,
         )
         module = SequenceDataModule(data, self.max_seq_len, train.batch_size, eval_batch_size=512, seed=seed)
+        self.lr_decay = (train.lr_decay_factor, train.lr_decay_patience) if train.lr_decay_factor else None
         # A second fit (fine-tuning) starts from the eval mode the first one ended in; Lightning keeps
         # module modes as it finds them, so switch dropout back on here. Frozen parts stay frozen.
         self.train()

@@ -119,6 +119,6 @@ class BertTransferRecommender(SequentialRecommender):
         if self.finetune_mode == "adaptor":
             self.encoder.requires_grad_(False)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def make_optimizer(self) -> torch.optim.Optimizer:
         trainable = [p for p in self.parameters() if p.requires_grad]
         return torch.optim.AdamW(trainable, lr=self.learning_rate, weight_decay=self.weight_decay)

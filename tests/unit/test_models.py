@@ -198,6 +198,18 @@ def test_short_fit_reports_valid_ndcg_keeps_best_weights_and_writes_a_checkpoint
     assert ndcg_at_k(scores, relevant, k=10).mean().item() == pytest.approx(summary.best_valid_ndcg, abs=1e-5)
 
 
+def test_learning_rate_decays_on_the_validation_metric_when_asked(tiny_data, tmp_path):
+    model = build_model("rnn", tiny_data.n_items, SMALL_OPTIONS["rnn"] | {"max_seq_len": 10})
+    train = TrainConfig(max_epochs=3, progress_bar=False, batch_size=32, accelerator="cpu",
+                        lr_decay_factor=0.5, lr_decay_patience=0)
+    summary = model.fit(tiny_data, train, seed=0, checkpoint_dir=tmp_path)
+    (config,) = model.trainer.lr_scheduler_configs
+    plateau = config.scheduler
+    assert isinstance(plateau, torch.optim.lr_scheduler.ReduceLROnPlateau)
+    # The scheduler saw every epoch's validation NDCG@10: its best is the fit's best.
+    assert plateau.best == pytest.approx(summary.best_valid_ndcg, abs=1e-6)
+
+
 def test_unknown_model_kind_is_rejected_with_the_known_kinds():
     with pytest.raises(ValueError, match="unknown.*cnn.*popularity.*rnn"):
         build_model("transformer", N_ITEMS, {})

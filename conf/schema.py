@@ -399,6 +399,7 @@ class TrainConfig(Section):
     lr_decay_patience: int = Field(2, ge=0, description="Epochs without validation gain before the learning rate decays.")
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
     devices: int | str = 1
+    strategy: str = Field("auto", description="Lightning strategy for several devices, e.g. ddp; auto on one device.")
     precision: Literal["32-true", "16-mixed", "bf16-mixed"] = "32-true"
     deterministic: bool = True
     progress_bar: bool = True
@@ -442,6 +443,30 @@ class TrackingConfig(Section):
 
     tracking_uri: str | None = Field(None, description="None: sqlite file mlflow.db in the working directory.")
     experiment: str = "interest-transfer"
+
+
+class RegistryConfig(Section):
+    """MLflow Model Registry: each run registers its exported model and promotes it past a quality gate."""
+
+    enabled: bool = True
+    model_name: str | None = Field(None, description="Registered model name; None: itx-<config name>.")
+    alias: str = Field("champion", min_length=1, description="Alias of the promoted version (models:/<name>@<alias>).")
+    gate_metric: Literal["ndcg", "hit", "mrr", "recall", "precision", "f1"] = "ndcg"
+    gate_k: int = Field(10, ge=1, description="K of the gate metric; must be one of evaluation.ks.")
+    tolerance: float = Field(
+        0.0, ge=0, description="Promote when candidate >= champion - tolerance on the gate metric (test split, "
+        "both models scored on the same users).",
+    )
+
+
+class ExecutionConfig(Section):
+    """Where a run's tasks execute: threads in this process, or a Dask cluster (local or existing)."""
+
+    task_runner: Literal["thread", "dask"] = "thread"
+    dask_address: str | None = Field(None, description="Scheduler address of an existing Dask cluster; None: "
+                                     "start a LocalCluster for the run.")
+    dask_workers: int = Field(2, ge=1, description="Worker processes of the LocalCluster.")
+    dask_threads_per_worker: int = Field(1, ge=1)
 
 
 class OutputConfig(Section):
@@ -491,6 +516,8 @@ class PipelineConfig(Section):
     evaluation: EvaluationConfig = EvaluationConfig()
     export: ExportConfig = ExportConfig()
     tracking: TrackingConfig = TrackingConfig()
+    registry: RegistryConfig = RegistryConfig()
+    execution: ExecutionConfig = ExecutionConfig()
     output: OutputConfig = OutputConfig()
 
     def is_transfer(self) -> bool:

@@ -147,7 +147,7 @@ class SequentialRecommender(pl.LightningModule):
             max_epochs=train.max_epochs,
             max_time={"minutes": train.max_minutes} if train.max_minutes else None,
             accelerator=train.accelerator,
-            devices=train.devices,
+            devices=train.devices, strategy=train.strategy,
             precision=train.precision,
             deterministic=train.deterministic,
             logger=list(loggers) or False,

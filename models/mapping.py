@@ -167,7 +167,7 @@ class MappingRecommender(nn.Module):
         trainer = pl.Trainer(
             max_epochs=self.max_epochs,
             max_time={"minutes": train.max_minutes} if train.max_minutes else None,
-            accelerator=train.accelerator, devices=train.devices, precision=train.precision,
+            accelerator=train.accelerator, devices=train.devices, strategy=train.strategy, precision=train.precision,
             deterministic=train.deterministic, logger=list(loggers) or False,
             callbacks=[EarlyStopping(monitor=VALID_LOSS, mode="min", patience=self.patience), best],
             enable_checkpointing=False, enable_progress_bar=train.progress_bar, enable_model_summary=False,

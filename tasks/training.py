@@ -12,8 +12,8 @@ from prefect import task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 from pytorch_lightning.loggers import Logger, MLFlowLogger
 
-from conf.schema import (MAPPING_KINDS, ExportConfig, OutputConfig, PipelineConfig, PlannedModel, TrackingConfig,
-                         TrainConfig, regime_of)
+from conf.schema import (MAPPING_KINDS, ExecutionConfig, ExportConfig, OutputConfig, PipelineConfig, PlannedModel,
+                         RegistryConfig, TrackingConfig, TrainConfig, regime_of)
 from models.base import FitSummary, Recommender, SequentialRecommender
 from models.data import SequenceData
 from models.registry import MODEL_CLASSES, build_model
@@ -46,7 +46,8 @@ def training_settings(config: PipelineConfig) -> PipelineConfig:
     """The config with the sections training never reads reset, so that they stay out of its cache key
     (a new run name or export setting must not retrain the models)."""
     return config.model_copy(update={"name": "run", "output": OutputConfig(), "export": ExportConfig(),
-                                     "tracking": TrackingConfig()})
+                                     "tracking": TrackingConfig(), "registry": RegistryConfig(),
+                                     "execution": ExecutionConfig()})
 
 
 def model_options(planned: PlannedModel, config: PipelineConfig, text_dim: int | None) -> dict:

@@ -452,7 +452,8 @@ class RegistryConfig(Section):
     model_name: str | None = Field(None, description="Registered model name; None: itx-<config name>.")
     alias: str = Field("champion", min_length=1, description="Alias of the promoted version (models:/<name>@<alias>).")
     gate_metric: Literal["ndcg", "hit", "mrr", "recall", "precision", "f1"] = "ndcg"
-    gate_k: int = Field(10, ge=1, description="K of the gate metric; must be one of evaluation.ks.")
+    gate_k: int | None = Field(None, ge=1, description="K of the gate metric, one of evaluation.ks; None: 10 if "
+                               "evaluated, else the largest K.")
     tolerance: float = Field(
         0.0, ge=0, description="Promote when candidate >= champion - tolerance on the gate metric (test split, "
         "both models scored on the same users).",
@@ -564,6 +565,9 @@ class PipelineConfig(Section):
                 raise ValueError(f"transfer.{key}: '{chosen}' is not one of the configured models {names}")
         if self.export.model is not None and self.export.model not in names:
             raise ValueError(f"export.model: '{self.export.model}' is not one of the configured models {names}")
+        if self.registry.gate_k is not None and self.registry.gate_k not in self.evaluation.ks:
+            raise ValueError(f"registry.gate_k: {self.registry.gate_k} must be one of evaluation.ks "
+                             f"{self.evaluation.ks} (the gate compares a metric the run computes)")
         if self.data.source == "synthetic":
             synthetic = self.data.synthetic
             n_items = synthetic.scaled_items()
@@ -590,6 +594,12 @@ class PipelineConfig(Section):
                             f"scenario.{key}: '{value}' does not occur in data.synthetic.domains {synthetic.domains}"
                         )
         return self
+
+    def gate_k(self) -> int:
+        """K of the promotion gate's metric."""
+        if self.registry.gate_k is not None:
+            return self.registry.gate_k
+        return 10 if 10 in self.evaluation.ks else max(self.evaluation.ks)
 
     def model_names(self) -> list[str]:
         """Names of the configured models, in order."""

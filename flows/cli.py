@@ -4,6 +4,11 @@
   itx demo [--output-dir DIR]        the synthetic shop: both split protocols, then a cross-group and a
                                      cross-domain transfer run with their transfer-gain reports
   itx validate [CONFIG] [--set ...]  check a config and print it resolved
+  itx retrain [CONFIG] --new-events PATH [--finetune-epochs N] [--force] [--set ...]
+                                     append new events, fine-tune the registered champion, gate, promote
+  itx serve [CONFIG] [--port 4200] [--cron "0 3 * * *"] [--new-events PATH]
+                                     start a local Prefect server (UI) and serve the pipeline and
+                                     nightly-retrain deployments until Ctrl-C
 
 Exit code 0 on success; otherwise one line `itx: error: <reason>` on stderr and exit code 2 for bad
 configuration or data, 1 for anything else.
@@ -39,6 +44,22 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--run-name", help="run folder name (output.run_name)")
     commands.choices["run"].add_argument("--refresh-cache", action="store_true",
                                          help="recompute every stage instead of reusing cached results")
+    retrain = commands.add_parser("retrain", help="append new events and fine-tune the registered champion")
+    retrain.add_argument("config", nargs="?", help="YAML preset of the champion's run (default: conf/base.yaml)")
+    retrain.add_argument("--new-events", help="event log (CSV/TSV/Parquet with user_id, item_id, timestamp "
+                         "columns) or a folder of them; files already appended are skipped")
+    retrain.add_argument("--finetune-epochs", type=int, default=3, help="most epochs of the fine-tune (default 3)")
+    retrain.add_argument("--force", action="store_true", help="fine-tune even when no new event arrived")
+    retrain.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                         help="override a config value (repeatable)")
+    retrain.add_argument("--output-dir", help="root folder for run folders and the event store (output.root)")
+    serve = commands.add_parser("serve", help="start the Prefect UI and serve the deployments")
+    serve.add_argument("config", nargs="?", help="YAML preset for the deployments' default parameters")
+    serve.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    serve.add_argument("--output-dir", help="root folder for run folders (output.root)")
+    serve.add_argument("--port", type=int, default=4200, help="Prefect server port on 127.0.0.1 (default 4200)")
+    serve.add_argument("--cron", default="0 3 * * *", help="schedule of the retraining deployment (default nightly 03:00 UTC)")
+    serve.add_argument("--new-events", default="incoming", help="landing folder the scheduled retrain reads (default ./incoming)")
     demo = commands.add_parser("demo", help="run the synthetic shop: both split protocols and two transfer scenarios")
     demo.add_argument("--output-dir", help="root folder for run folders (output.root)")
     return parser
@@ -105,6 +126,23 @@ def report(result, console, title: str) -> None:
     console.print(f"MLflow run:      {result.mlflow_run_id} in {result.tracking_uri}")
 
 
+def retrain(args: argparse.Namespace, console) -> int:
+    """`itx retrain`: the incremental flow, then where its outputs are and what the gate decided."""
+    from conf.schema import EventLogConfig
+    from flows.retrain import retrain_flow
+
+    config = config_from_args(args)
+    batch = EventLogConfig(interactions=args.new_events) if args.new_events else None
+    result = retrain_flow(config, batch, args.finetune_epochs, args.force)
+    if result.run_dir is None:
+        console.print("no new events: nothing to retrain")
+        return 0
+    console.print(f"run folder:      {result.run_dir}")
+    console.print(f"gate:            {result.decision.metric}: {result.decision.reason}")
+    console.print(f"registry:        {'promoted as version ' + result.version if result.version else 'champion kept'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `itx` console script."""
     args = build_parser().parse_args(argv)
@@ -116,6 +154,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "validate":
             console.print(dump_config(config_from_args(args)), end="", markup=False, highlight=False)
             return 0
+        if args.command == "retrain":
+            return retrain(args, console)
+        if args.command == "serve":
+            from flows.deployments import serve_deployments
+
+            return serve_deployments(config_from_args(args), port=args.port, cron=args.cron,
+                                     new_events=args.new_events)
         if args.command == "run":
             if args.refresh_cache:
                 os.environ["PREFECT_TASKS_REFRESH_CACHE"] = "true"

@@ -1,4 +1,4 @@
-"""The whole pipeline: data -> training -> evaluation -> export, one MLflow run per pipeline run."""
+"""The whole pipeline: data -> training -> evaluation -> export -> registration, one MLflow run per pipeline run."""
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,6 +9,7 @@ from conf.schema import PipelineConfig
 from flows.data import data_flow
 from flows.evaluation import evaluation_flow
 from flows.export import export_flow
+from flows.registration import registration_flow
 from flows.training import training_flow
 from tasks.export import ExportedRecommendations
 from tasks.io import TableRef
@@ -37,6 +38,8 @@ def pipeline_flow(config: PipelineConfig) -> PipelineResult:
         trained = training_flow(config, prepared, run)
         metrics = evaluation_flow(config, prepared, trained, run)
         exported = export_flow(config, prepared, trained, metrics, run)
+        if config.registry.enabled:
+            registration_flow(config, prepared, trained, exported, run)
         close_run(run, metrics, exported, prepared)
     except BaseException:
         fail_run(run)

@@ -175,6 +175,10 @@ class PreprocessConfig(Section):
     )
     min_rating: float | None = Field(None, description="Keep interactions rated at least this (None keeps all).")
     k_core: int = Field(5, ge=1, description="Users and items with fewer interactions are dropped, repeatedly.")
+    engine: Literal["memory", "streaming"] = Field(
+        "memory", description="memory: Polars in RAM (fastest); streaming: every step streams through Parquet "
+        "files, for event logs larger than memory (same output).",
+    )
 
 
 class SplitConfig(Section):

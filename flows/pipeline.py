@@ -10,8 +10,10 @@ from flows.data import data_flow
 from flows.evaluation import evaluation_flow
 from flows.export import export_flow
 from flows.registration import registration_flow
+from flows.runners import shared_task_runner
 from flows.training import training_flow
 from tasks.export import ExportedRecommendations
+from tasks.artifacts import publish_artifacts
 from tasks.io import TableRef
 from tasks.preprocessing import PreparedData
 from tasks.runs import close_run, fail_run, open_run
@@ -35,12 +37,14 @@ def pipeline_flow(config: PipelineConfig) -> PipelineResult:
     run = open_run(config, flow_run.get_id())
     try:
         prepared = data_flow(config, run.cache)
-        trained = training_flow(config, prepared, run)
-        metrics = evaluation_flow(config, prepared, trained, run)
+        with shared_task_runner(config.execution) as runner:  # one Dask cluster (or thread) for both stages
+            trained = training_flow.with_options(task_runner=runner)(config, prepared, run)
+            metrics = evaluation_flow.with_options(task_runner=runner)(config, prepared, trained, run)
         exported = export_flow(config, prepared, trained, metrics, run)
         if config.registry.enabled:
             registration_flow(config, prepared, trained, exported, run)
         close_run(run, metrics, exported, prepared)
+        publish_artifacts(run, config, metrics, exported)  # last: it reads the finished run folder
     except BaseException:
         fail_run(run)
         raise

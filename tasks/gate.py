@@ -16,7 +16,7 @@ from conf.schema import PipelineConfig
 from models.base import Recommender
 from models.warm_start import RemappedRecommender, new_to_old_index
 from tasks import schemas
-from tasks.evaluation import score_users
+from tasks.evaluation import domain_codes, score_users
 from tasks.io import read_table
 from tasks.preprocessing import PreparedData
 from tasks.transfer import input_data
@@ -55,7 +55,9 @@ def held_out_metric(model: Recommender, prepared: PreparedData, reads: str, conf
     """(mean of the gate metric over the test users, number of users) for one model."""
     k = config.gate_k()
     evaluation = config.evaluation.model_copy(update={"ks": [k]})
-    users, per_user = score_users(model, input_data(prepared, reads), "test", evaluation, config.train.max_seq_len)
+    items = read_table(prepared.items, schemas.ITEM_INDEX, "items")
+    users, per_user = score_users(model, input_data(prepared, reads), "test", evaluation, config.train.max_seq_len,
+                                  domain_codes(items))
     values = per_user[f"{config.registry.gate_metric}_at_{k}"]
     return float(values.mean()) if len(values) else 0.0, len(users)
 

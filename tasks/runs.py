@@ -8,6 +8,7 @@ Output contract of a run folder (scripts and schedulers rely on it):
   transfer_gain.csv         transfer runs: scenario, model, target_fraction, subset, metric, k, value,
                             baseline_model, baseline_value, rel_gain, ci_low, ci_high, n_users
   transfer_gain_<subset>.png  transfer runs: NDCG@10 gain vs target-data fraction, one line per model
+  test_metrics.png          test NDCG@10 and HR@10 per model (bars)
   data/                     the preprocessed tables (events, sequences, users, items) as Parquet
 """
 from __future__ import annotations
@@ -29,11 +30,13 @@ from tasks import schemas, tracking
 from tasks.evaluation import metric_key
 from tasks.export import ExportedRecommendations
 from tasks.io import CacheDir, TableRef, fingerprint_text, open_cache_dir, read_table, write_csv, write_json, write_text
+from tasks.plots import plot_model_metrics
 from tasks.preprocessing import PreparedData
 from tasks.training import TrainedModel
 from tasks.transfer_report import format_gain_table, plot_gain, transfer_gain_table
 
 TRANSFER_GAIN_FILE = "transfer_gain.csv"
+METRICS_PLOT_FILE = "test_metrics.png"
 
 
 @dataclass(frozen=True)
@@ -167,7 +170,34 @@ def fail_run(run: RunContext) -> None:
         tracking.end_run(run.tracking_uri, run_id, "FAILED")
 
 
+def record_plots(run: RunContext, metrics: TableRef) -> Path:
+    """Write the bar chart of test NDCG and HR at K=10 (else the largest K) per model into the run folder and log it."""
+    frame = read_table(metrics, schemas.METRICS, "metrics")
+    ks = frame["k"].unique().to_list()
+    plot = plot_model_metrics(frame, run.run_dir / METRICS_PLOT_FILE, k=10 if 10 in ks else max(ks))
+    tracking.log_files(run.tracking_uri, run.mlflow_run_id, [plot])
+    return plot
+
+
+def data_fingerprint(prepared: PreparedData) -> str:
+    """One fingerprint of the preprocessed tables (events, sequences, users, items): same value, same data."""
+    return fingerprint_text(prepared.events.fingerprint, prepared.sequences.fingerprint,
+                            prepared.users.fingerprint, prepared.items.fingerprint)
+
+
+def tag_data(run: RunContext, prepared: PreparedData) -> str:
+    """Tag the pipeline's MLflow run and every model run with the data fingerprint (and the tables' own); return it."""
+    fingerprint = data_fingerprint(prepared)
+    tags = {"data_fingerprint": fingerprint, "data_events_fingerprint": prepared.events.fingerprint,
+            "data_sequences_fingerprint": prepared.sequences.fingerprint}
+    for run_id in [run.mlflow_run_id, *run.model_run_ids.values()]:
+        tracking.set_tags(run.tracking_uri, run_id, tags)
+    return fingerprint
+
+
 open_run = task(open_run_folder, name="open-run", cache_policy=NO_CACHE)
 log_metrics = task(record_metrics, name="record-metrics", cache_policy=NO_CACHE)
 close_run = task(close_run_folder, name="close-run", cache_policy=NO_CACHE)
 transfer_report = task(record_transfer_report, name="transfer-report", cache_policy=NO_CACHE)
+plots = task(record_plots, name="plots", cache_policy=NO_CACHE)
+data_tags = task(tag_data, name="tag-data", cache_policy=NO_CACHE)

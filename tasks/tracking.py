@@ -112,3 +112,10 @@ def end_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:
 def log_table(tracking_uri: str, run_id: str, table, artifact_file: str) -> None:
     """Log a Polars table as an MLflow table artifact (shown in the UI's artifact and evaluation views)."""
     MlflowClient(tracking_uri).log_table(run_id, data=table.to_pandas(), artifact_file=artifact_file)
+
+
+def experiment_of(tracking_uri: str, run_id: str) -> tuple[str, str]:
+    """(id, name) of the experiment holding a run."""
+    client = MlflowClient(tracking_uri)
+    experiment_id = client.get_run(run_id).info.experiment_id
+    return experiment_id, client.get_experiment(experiment_id).name

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from conf.schema import TrainConfig
 from models.data import EvalBatch, SequenceData, SequenceDataModule
+from models.device import uses_cuda
 from models.metrics import ndcg_at_k
 
 # Training curves get their own namespace so they never mix with the final evaluation metrics.
@@ -117,7 +118,8 @@ class SequentialRecommender(pl.LightningModule):
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         if isinstance(batch, EvalBatch):
-            return EvalBatch(*(getattr(batch, f).to(device) for f in batch.__dataclass_fields__))
+            # Asynchronous on CUDA, as Lightning moves tensor batches (the loaders pin memory there).
+            return batch.to(device, non_blocking=device.type == "cuda")
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     # Set by `fit` from TrainConfig: (factor, patience) of a plateau schedule, or None for a constant rate.
@@ -158,7 +160,8 @@ class SequentialRecommender(pl.LightningModule):
             log_every_n_steps=10,
             default_root_dir=str(checkpoint_dir) if checkpoint_dir else None,
         )
-        module = SequenceDataModule(data, self.max_seq_len, train.batch_size, eval_batch_size=512, seed=seed)
+        module = SequenceDataModule(data, self.max_seq_len, train.batch_size, eval_batch_size=512, seed=seed,
+                                    pin_memory=uses_cuda(train.accelerator))
         self.lr_decay = (train.lr_decay_factor, train.lr_decay_patience) if train.lr_decay_factor else None
         # A second fit (fine-tuning) starts from the eval mode the first one ended in; Lightning keeps
         # module modes as it finds them, so switch dropout back on here. Frozen parts stay frozen.

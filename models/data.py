@@ -89,10 +89,10 @@ class NextItemWindows(Dataset):
         # A short window's first item follows only padding: it is an input, not a target.
         return inputs, targets.masked_fill(inputs == 0, 0)
 
-    def loader(self, batch_size: int, generator: torch.Generator) -> DataLoader:
-        """Shuffled batches, each drawn with one tensor gather."""
+    def loader(self, batch_size: int, generator: torch.Generator, pin_memory: bool = False) -> DataLoader:
+        """Shuffled batches, each drawn with one tensor gather (in page-locked memory if pin_memory)."""
         batches = BatchSampler(RandomSampler(self, generator=generator), batch_size, drop_last=False)
-        return DataLoader(self, sampler=batches, batch_size=None, collate_fn=self.collate)
+        return DataLoader(self, sampler=batches, batch_size=None, collate_fn=self.collate, pin_memory=pin_memory)
 
 
 @dataclass(frozen=True)
@@ -105,6 +105,14 @@ class EvalBatch:
     target_rows: Tensor  # [R]
     target_items: Tensor  # [R]
     users: Tensor  # [B] position of each user in SequenceData (user_idx - 1)
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> EvalBatch:
+        """The batch on `device`; non_blocking copies asynchronously from page-locked memory."""
+        return EvalBatch(*(getattr(self, f).to(device, non_blocking=non_blocking) for f in self.__dataclass_fields__))
+
+    def pin_memory(self) -> EvalBatch:
+        """The batch in page-locked memory (DataLoader(pin_memory=True) calls this for custom batches)."""
+        return EvalBatch(*(getattr(self, f).pin_memory() for f in self.__dataclass_fields__))
 
     def mask(self, rows: Tensor, items: Tensor, n_items: int) -> Tensor:
         """[B, n_items] bool mask with True at the given (row, item) pairs."""
@@ -144,29 +152,37 @@ class RankingUsers(Dataset):
 
 
 def ranking_loader(histories: list[np.ndarray], targets: list[np.ndarray] | None, max_len: int,
-                   batch_size: int, users: np.ndarray | None = None) -> DataLoader:
-    """DataLoader of EvalBatch over `users` (default: all) in order (no shuffling: rows map back to users)."""
+                   batch_size: int, users: np.ndarray | None = None, pin_memory: bool = False) -> DataLoader:
+    """DataLoader of EvalBatch over `users` (default: all) in order (no shuffling: rows map back to users).
+
+    pin_memory: build batches in page-locked memory, for fast asynchronous copies to a CUDA device.
+    """
     dataset = RankingUsers(histories, targets, max_len, users)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=dataset.collate)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=dataset.collate, pin_memory=pin_memory)
 
 
-def split_loader(data: SequenceData, split: Literal["valid", "test"], max_len: int, batch_size: int) -> DataLoader:
+def split_loader(data: SequenceData, split: Literal["valid", "test"], max_len: int, batch_size: int,
+                 pin_memory: bool = False) -> DataLoader:
     """Ranking batches of the users that have held-out items in `split`, with their history before it."""
     return ranking_loader(data.history(split), data.targets(split), max_len, batch_size,
-                          data.users_with_targets(split))
+                          data.users_with_targets(split), pin_memory)
 
 
 class SequenceDataModule(pl.LightningDataModule):
-    """Training windows from the train split; validation ranks each user's valid items."""
+    """Training windows from the train split; validation ranks each user's valid items.
 
-    def __init__(self, data: SequenceData, max_len: int, batch_size: int, eval_batch_size: int, seed: int):
+    pin_memory: batches in page-locked memory, when training on a CUDA device.
+    """
+
+    def __init__(self, data: SequenceData, max_len: int, batch_size: int, eval_batch_size: int, seed: int,
+                 pin_memory: bool = False):
         super().__init__()
         self.data, self.max_len, self.batch_size = data, max_len, batch_size
-        self.eval_batch_size, self.seed = eval_batch_size, seed
+        self.eval_batch_size, self.seed, self.pin_memory = eval_batch_size, seed, pin_memory
 
     def train_dataloader(self) -> DataLoader:
         windows = NextItemWindows(self.data.train, self.max_len)
-        return windows.loader(self.batch_size, torch.Generator().manual_seed(self.seed))
+        return windows.loader(self.batch_size, torch.Generator().manual_seed(self.seed), self.pin_memory)
 
     def val_dataloader(self) -> DataLoader:
-        return split_loader(self.data, "valid", self.max_len, self.eval_batch_size)
+        return split_loader(self.data, "valid", self.max_len, self.eval_batch_size, self.pin_memory)

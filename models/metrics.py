@@ -140,7 +140,10 @@ def _ndcg(hits: Tensor, n_relevant: Tensor) -> Tensor:
     gains = _rank_gains(hits.shape[1], hits.device)                   # [k]
     dcg = (hits.float() * gains).sum(dim=1)                           # [B]
     # The ideal ranking puts min(n_rel, k) relevant items first; n_rel >= 1 is checked upstream.
-    ideal_dcg = gains.cumsum(dim=0)[n_relevant.clamp(max=hits.shape[1]) - 1]   # [B]
+    # The k running sums are taken on the CPU: a floating-point cumsum has no deterministic CUDA
+    # kernel, so it raises under torch.use_deterministic_algorithms (Lightning's deterministic=True).
+    ideal_gains = _rank_gains(hits.shape[1], torch.device("cpu")).cumsum(dim=0).to(hits.device)   # [k]
+    ideal_dcg = ideal_gains[n_relevant.clamp(max=hits.shape[1]) - 1]   # [B]
     return dcg / ideal_dcg
 
 

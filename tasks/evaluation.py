@@ -14,6 +14,7 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE
 from conf.schema import EvaluationConfig, ScenarioConfig, TransferConfig
 from models.base import Recommender, rankable_scores
 from models.data import EvalBatch, SequenceData, split_loader
+from models.device import on_device, pins_memory, scoring_device
 from models.metrics import compute_metrics
 from models.registry import load_model
 from models.transfer_data import keep_items
@@ -42,41 +43,54 @@ def candidate_mask(batch: EvalBatch, n_items: int, item_domains: Tensor | None,
     sampled_negatives=n keeps the held-out items plus n negatives drawn uniformly without
     replacement from those candidates (history items may be drawn, as in the sampled protocols
     of the cross-domain papers). Each user's draw depends only on sample_seed and the user, so
-    every model is ranked on the same candidates.
+    every model is ranked on the same candidates. The mask is on the batch's device.
     """
     if cfg.candidates == "all" and cfg.sampled_negatives is None:
         return None
-    n_users = batch.history.shape[0]
+    n_users, device = batch.history.shape[0], batch.history.device
     targets = batch.mask(batch.target_rows, batch.target_items, n_items)  # [B, N]
     pool = torch.ones_like(targets)
     pool[:, 0] = False  # padding is never a candidate
     if cfg.candidates == "target_domain":
-        first_target = torch.zeros(n_users, dtype=torch.long)
-        first_target[batch.target_rows.flip(0)] = batch.target_items.flip(0)  # the first target wins
-        pool &= item_domains[None, :] == item_domains[first_target][:, None]
+        # Each row's targets are consecutive and in time order: the first of a run of equal rows is the
+        # row's first target. (Not a write with duplicate rows: its winner is unspecified on CUDA.)
+        rows = batch.target_rows
+        starts = torch.ones_like(rows, dtype=torch.bool)
+        starts[1:] = rows[1:] != rows[:-1]
+        first_target = torch.zeros(n_users, dtype=torch.long, device=device)
+        first_target[rows[starts]] = batch.target_items[starts]
+        domains = item_domains.to(device)
+        pool &= domains[None, :] == domains[first_target][:, None]
     if cfg.sampled_negatives is None:
         return pool
-    kept = targets.clone()
-    negatives = pool & ~targets
+    # The draws use CPU generators (the same on every device), so they are made on the CPU.
+    kept = targets.cpu()
+    negatives = (pool & ~targets).cpu()
     for row in range(n_users):
         choices = negatives[row].nonzero().flatten()
         generator = torch.Generator().manual_seed(cfg.sample_seed * 1_000_003 + int(batch.users[row]))
         drawn = choices[torch.randperm(len(choices), generator=generator)[: cfg.sampled_negatives]]
         kept[row, drawn] = True
-    return kept
+    return kept.to(device)
 
 
 def score_users(model: Recommender, data: SequenceData, split: str, cfg: EvaluationConfig,
-                max_seq_len: int, item_domains: Tensor | None = None) -> tuple[np.ndarray, pl.DataFrame]:
+                max_seq_len: int, item_domains: Tensor | None = None,
+                device: torch.device | None = None) -> tuple[np.ndarray, pl.DataFrame]:
     """Users ranked for `split` (positions in `data`) and their metric values, one column per `<metric>_at_<k>`.
 
     item_domains [n_items] holds each item's domain code; needed when evaluation.candidates or
-    sampled_negatives restrict the ranking.
+    sampled_negatives restrict the ranking. Scores on `device` (default: CUDA when available, else the
+    CPU; the model is moved there); only the per-user metric values come back to the CPU.
     """
+    device = device or scoring_device()
+    model = on_device(model, device)
     columns: dict[str, list[torch.Tensor]] = {}
     users = data.users_with_targets(split)
+    pinned = pins_memory(device)
     with torch.inference_mode():
-        for batch in split_loader(data, split, max_seq_len, cfg.batch_size):
+        for batch in split_loader(data, split, max_seq_len, cfg.batch_size, pin_memory=pinned):
+            batch = batch.to(device, non_blocking=pinned)
             scores = rankable_scores(model, batch, cfg.exclude_seen)  # [B, n_items]
             relevant = batch.mask(batch.target_rows, batch.target_items, model.n_items)
             candidates = candidate_mask(batch, model.n_items, item_domains, cfg)
@@ -126,13 +140,14 @@ def evaluate_trained(prepared: PreparedData, trained: TrainedModel, cfg: Evaluat
     (a model trained on one domain only reads that domain's items).
     """
     data = input_data(prepared, trained.reads)
-    model = load_model(Path(trained.model_file.path))
+    device = scoring_device()
+    model = on_device(load_model(Path(trained.model_file.path)), device)
     users = read_table(prepared.users, schemas.USER_INDEX, "users")
     items = read_table(prepared.items, schemas.ITEM_INDEX, "items")
     item_domains = domain_codes(items)
     tables = []
     for split in ("valid", "test"):
-        ranked, per_user = score_users(model, data, split, cfg, max_seq_len, item_domains)
+        ranked, per_user = score_users(model, data, split, cfg, max_seq_len, item_domains, device)
         groups = user_groups(users, items, data, split, ranked, cfg.group_attribute)
         tables.append(summarize(per_user, groups, scenario, trained.name, split))
     key = fingerprint_text(prepared.sequences.fingerprint, trained.model_file.fingerprint, cfg.model_dump(),
@@ -154,7 +169,8 @@ def score_report_users(prepared: PreparedData, trained: TrainedModel, scenario: 
     users with the same input for every model (restricted to the items the model reads).
     """
     views = load_views(prepared, scenario, transfer, trained.target_fraction, seed)
-    model = load_model(Path(trained.model_file.path))
+    device = scoring_device()
+    model = on_device(load_model(Path(trained.model_file.path)), device)
     items = read_table(prepared.items, schemas.ITEM_INDEX, "items")
     item_domains = domain_codes(items)
     mask = views.item_mask(trained.reads)
@@ -164,7 +180,7 @@ def score_report_users(prepared: PreparedData, trained: TrainedModel, scenario: 
         if len(users) == 0:
             continue
         ranked, per_user = score_users(model, keep_items(only_test_users(data, users), mask), "test", cfg,
-                                       max_seq_len, item_domains)
+                                       max_seq_len, item_domains, device)
         frames.append(per_user.with_columns(
             pl.lit(trained.config_name).alias("model"),
             pl.lit(trained.target_fraction, dtype=pl.Float64).alias("target_fraction"),

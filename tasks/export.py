@@ -13,6 +13,7 @@ from prefect import task
 from conf.schema import ExportConfig
 from models.base import Recommender, rankable_scores
 from models.data import SequenceData, ranking_loader
+from models.device import on_device, pins_memory, scoring_device
 from models.registry import load_model
 from tasks import schemas
 from tasks.io import TableRef, read_table, write_csv, write_parquet
@@ -33,19 +34,25 @@ class ExportedRecommendations:
     rows: int
 
 
-def recommend_top_k(model: Recommender, data: SequenceData, top_k: int, max_seq_len: int,
-                    batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def recommend_top_k(model: Recommender, data: SequenceData, top_k: int, max_seq_len: int, batch_size: int = 1024,
+                    device: torch.device | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(user position [U·K], item_idx [U·K], score [U·K]) of each user's top_k items, seen ones at -inf.
 
     The whole history (train, valid and test) is the input: this is the next recommendation to make.
+    Scores and ranks on `device` (default: CUDA when available, else the CPU; the model is moved
+    there); only the top-k lists come back to the CPU.
     """
+    device = device or scoring_device()
+    model = on_device(model, device)
+    pinned = pins_memory(device)
     users, items, scores = [], [], []
     with torch.inference_mode():
-        for batch in ranking_loader(data.history("all"), None, max_seq_len, batch_size):
-            ranked = rankable_scores(model, batch, exclude_seen=True).topk(top_k, dim=1)  # [B, K]
+        for batch in ranking_loader(data.history("all"), None, max_seq_len, batch_size, pin_memory=pinned):
+            catalogue = rankable_scores(model, batch.to(device, non_blocking=pinned), exclude_seen=True)  # [B, N]
+            ranked = catalogue.topk(top_k, dim=1)  # [B, K]
             users.append(batch.users.repeat_interleave(top_k).numpy())
-            items.append(ranked.indices.flatten().numpy())
-            scores.append(ranked.values.flatten().numpy())
+            items.append(ranked.indices.flatten().cpu().numpy())
+            scores.append(ranked.values.flatten().cpu().numpy())
     return np.concatenate(users), np.concatenate(items), np.concatenate(scores)
 
 

@@ -449,6 +449,15 @@ class TrackingConfig(Section):
     experiment: str = "interest-transfer"
 
 
+class PrivacyConfig(Section):
+    """Pseudonymous user ids: replaced at ingestion by a keyed hash, so no later output holds a raw id."""
+
+    pseudonymize_users: bool = Field(False, description="Replace user ids by HMAC-SHA256(key, id) at ingestion.")
+    key_env: str = Field("ITX_PSEUDONYM_KEY", min_length=1, description="Environment variable holding the key.")
+    key_secret_block: str | None = Field(None, description="Name of a Prefect Secret block holding the key "
+                                         "(used when the environment variable is not set).")
+
+
 class RegistryConfig(Section):
     """MLflow Model Registry: each run registers its exported model and promotes it past a quality gate."""
 
@@ -521,6 +530,7 @@ class PipelineConfig(Section):
     evaluation: EvaluationConfig = EvaluationConfig()
     export: ExportConfig = ExportConfig()
     tracking: TrackingConfig = TrackingConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
     registry: RegistryConfig = RegistryConfig()
     execution: ExecutionConfig = ExecutionConfig()
     output: OutputConfig = OutputConfig()

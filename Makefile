@@ -10,7 +10,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 export HF_HUB_OFFLINE := 1
 
-.PHONY: venv demo test test-fast bench clean mlflow-ui prefect-ui
+.PHONY: venv demo test test-fast smoke bench clean mlflow-ui prefect-ui serve
 
 venv: $(STAMP)
 
@@ -31,6 +31,14 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not slow"
+
+# The registered model behind a real `mlflow models serve`, queried over HTTP (CI runs it after the tests).
+smoke: $(STAMP)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python benchmarks/smoke_serving.py
+
+# Prefect UI on http://127.0.0.1:4200 with the pipeline and nightly-retrain deployments served from here.
+serve: $(STAMP)
+	$(BIN)/itx serve
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_pipeline.py

@@ -176,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
                 report(result, console, f"demo: test metrics, {title}")
             uri = results[0][1].tracking_uri
             console.print(f"\nOpen the MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {uri}")
+            console.print("Serve the champion:  source .venv/bin/activate; MLFLOW_TRACKING_URI="
+                          f"{uri} mlflow models serve -m models:/itx-demo@champion --env-manager local "
+                          "--host 127.0.0.1 --port 5055   (curl example in the README, Serving)")
         return 0
     except (ConfigError, ValueError, FileNotFoundError, FileExistsError) as err:
         print(f"itx: error: {err}", file=sys.stderr)

@@ -5,21 +5,26 @@ generated once and written to Parquet in a temporary folder; generation is timed
 but is not the measured thing. Then, each run in a fresh spawned process so its peak RSS
 (`ru_maxrss`) is its own, and timed around the preprocessing call only:
 
-- polars: `tasks.preprocessing.prepare_data` itself, as the pipeline runs it (scan_parquet,
+- memory: `tasks.preprocessing.prepare_data` itself, as the pipeline runs it (scan_parquet,
   dedupe user_item, 5-core, contiguous ids, leave-one-out split, sequences; writes the events,
   sequences, users and items tables with their fingerprints);
+- streaming: the same call with `preprocess.engine: streaming` (tasks/streaming_preprocessing.py:
+  every pass over all events streamed through Parquet, per-user steps one bucket at a time);
 - pandas: the same steps and the same four output tables written idiomatically in pandas
   (`prepare_with_pandas` below).
 
-On the smallest size both outputs are checked to be identical (same users, items and sequence
-lists). Pandas is skipped, with the reason printed, above --pandas-max-events or when its peak
-projected linearly from the previous size exceeds 80% of the memory available; a run past
---pandas-timeout-s is stopped. Prints one markdown table of medians over the repeats (wall and
-CPU seconds: the machine may be shared), pandas/polars ratios, and whether the largest size
-fitted in the machine's memory.
+On the smallest size the pandas outputs are checked against the memory engine's (same users,
+items and sequence lists); on every size the streaming engine's four tables are checked to equal
+the memory engine's. Pandas is skipped, with the reason printed, above --pandas-max-events or when
+its peak projected linearly from the previous size exceeds 80% of the memory available; a run past
+--pandas-timeout-s is stopped. --address-space-gib caps every measured process's address space
+(RLIMIT_AS, set as the worker starts): a run that needs more fails, and is reported so.
+Prints one markdown table of medians over the repeats (wall and CPU seconds: the machine may be
+shared), ratios to the memory engine, and whether the largest size fitted in the machine's memory.
 
   .venv/bin/python benchmarks/bench_preprocessing.py [--sizes 1M,10M,50M] [--repeats 3,2,1]
-      [--pandas-max-events 50M] [--pandas-timeout-s 900] [--memory-gib 24]
+      [--engines memory,streaming,pandas] [--pandas-max-events 50M] [--pandas-timeout-s 900]
+      [--memory-gib 24] [--address-space-gib 5.5]
 """
 from __future__ import annotations
 
@@ -44,6 +49,8 @@ sys.path.insert(0, str(ROOT))
 K_CORE = 5
 HOLDOUT = 1  # leave_one_out: last event test, second last valid
 SEED = 0
+LIBRARIES = {"memory": "polars memory (prepare_data)", "streaming": "polars streaming (prepare_data)",
+             "pandas": "pandas"}
 
 
 def _peak_rss_gib() -> float:
@@ -79,6 +86,13 @@ def _measured(call: Callable[[], dict[str, Any]]) -> dict[str, Any]:
             "peak_gib": _peak_rss_gib(), "baseline_gib": baseline}
 
 
+def _cap_address_space(gib: float | None) -> None:
+    """Limit this process's address space (virtual memory, not RSS) to `gib`; allocations past it fail."""
+    if gib is not None:
+        limit = int(gib * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
 def _guarded(work: Callable[[], dict[str, Any]], queue) -> None:
     try:
         queue.put(("ok", work()))
@@ -107,7 +121,9 @@ def _generate_worker(scale: float, folder: str, queue) -> None:
     _guarded(work, queue)
 
 
-def _polars_worker(raw, out_dir: str, queue) -> None:
+def _polars_worker(raw, out_dir: str, engine: str, address_space_gib: float | None, queue) -> None:
+    _cap_address_space(address_space_gib)
+
     def work() -> dict[str, Any]:
         from conf.schema import PreprocessConfig, ScenarioConfig, SplitConfig
         from tasks.preprocessing import prepare_data
@@ -115,21 +131,23 @@ def _polars_worker(raw, out_dir: str, queue) -> None:
         def call() -> dict[str, Any]:
             prepared = prepare_data(
                 raw,
-                PreprocessConfig(dedupe="user_item", min_rating=None, k_core=K_CORE),
+                PreprocessConfig(dedupe="user_item", min_rating=None, k_core=K_CORE, engine=engine),
                 SplitConfig(protocol="leave_one_out"),
                 ScenarioConfig(),  # user_group partition on gender, M -> F
                 None,
                 Path(out_dir),
             )
-            return {"kept_events": prepared.n_events, "sequences": prepared.sequences.path,
-                    "users": prepared.users.path, "items": prepared.items.path}
+            return {"kept_events": prepared.n_events, "events": prepared.events.path,
+                    "sequences": prepared.sequences.path, "users": prepared.users.path, "items": prepared.items.path}
 
         return _measured(call)
 
     _guarded(work, queue)
 
 
-def _pandas_worker(raw, out_dir: str, splits: list[str], queue) -> None:
+def _pandas_worker(raw, out_dir: str, splits: list[str], address_space_gib: float | None, queue) -> None:
+    _cap_address_space(address_space_gib)
+
     def work() -> dict[str, Any]:
         import numpy  # noqa: F401  (imported before the baseline, as polars' worker imports its modules)
         import pandas  # noqa: F401
@@ -138,6 +156,13 @@ def _pandas_worker(raw, out_dir: str, splits: list[str], queue) -> None:
                                                      Path(out_dir), splits))
 
     _guarded(work, queue)
+
+
+def _check_worker(check: Callable[[dict[str, Any], dict[str, Any]], str], first: dict[str, Any],
+                  second: dict[str, Any], queue) -> None:
+    # In its own process: reading the outputs in the parent would raise the peak RSS that later
+    # workers report, as Linux carries ru_maxrss over fork and exec.
+    _guarded(lambda: {"text": check(first, second)}, queue)
 
 
 def prepare_with_pandas(interactions_path: str, users_path: str, items_path: str, out_dir: Path,
@@ -235,13 +260,25 @@ def run_isolated(target: Callable[..., None], *args: Any, timeout_s: float | Non
                     answer = queue.get(timeout=2.0)
                 except queue_module.Empty:
                     process.join()
-                    hint = " (SIGKILL: out of memory?)" if process.exitcode == -9 else ""
+                    hint = {-9: " (SIGKILL: out of memory?)", -6: " (SIGABRT: an allocation failed?)"}.get(
+                        process.exitcode, "")
                     raise WorkerFailed(f"died with exit code {process.exitcode}{hint}") from None
     process.join()
     status, payload = answer
     if status != "ok":
         raise WorkerFailed(payload.strip().splitlines()[-1])
     return payload
+
+
+def check_same_engines(memory_run: dict[str, Any], streaming_run: dict[str, Any]) -> str:
+    """Raise AssertionError unless both engines wrote equal events, sequences, users and items tables."""
+    import polars as pl
+
+    for table in ("events", "sequences", "users", "items"):
+        expected = pl.read_parquet(memory_run[table])
+        assert pl.read_parquet(streaming_run[table]).equals(expected), f"{table} differ between the engines"
+    return (f"streaming and memory engines wrote identical events, sequences, users and items tables "
+            f"({memory_run['kept_events']:,} events, same rows in the same order)")
 
 
 def check_same_outputs(polars_run: dict[str, Any], pandas_run: dict[str, Any]) -> str:
@@ -313,6 +350,10 @@ def main() -> None:
                              "peak exceeds 80%% of the memory available, and stopped after --pandas-timeout-s)")
     parser.add_argument("--pandas-timeout-s", type=float, default=900.0, help="stop a pandas run after this long")
     parser.add_argument("--memory-gib", type=float, default=24.0, help="memory of the machine to check the largest size against")
+    parser.add_argument("--engines", default="memory,streaming,pandas",
+                        help=f"what to run, in order, from {','.join(LIBRARIES)}")
+    parser.add_argument("--address-space-gib", type=float, default=None,
+                        help="cap each measured process's address space (RLIMIT_AS) to this many GiB")
     parser.add_argument("--workdir", default=None, help="where the temporary folder goes (default: the system's)")
     args = parser.parse_args()
 
@@ -322,6 +363,9 @@ def main() -> None:
     if len(repeats) != len(sizes):
         parser.error(f"--repeats: expected 1 or {len(sizes)} values, got {args.repeats}")
     pandas_max = _parse_count(args.pandas_max_events)
+    engines = [name.strip() for name in args.engines.split(",") if name.strip()]
+    if unknown := set(engines) - set(LIBRARIES):
+        parser.error(f"--engines: unknown {sorted(unknown)}; choose from {list(LIBRARIES)}")
 
     from conf.schema import SyntheticConfig
     from tasks.schemas import SEQUENCES
@@ -336,7 +380,8 @@ def main() -> None:
     load_before = os.getloadavg()
     rows: list[Row] = []
     generation: list[tuple[str, float, int, float, float, float]] = []
-    equality = "not checked (pandas did not run on the smallest size)"
+    equality = "pandas not checked (pandas or the memory engine did not run on the smallest size)"
+    engine_checks: list[str] = []
     with tempfile.TemporaryDirectory(prefix="itx-bench-prep-", dir=args.workdir) as tmp:
         for size, n_repeats in zip(sizes, repeats):
             label = _label(size)
@@ -350,22 +395,23 @@ def main() -> None:
                   f"(+{generated['write_seconds']:.1f}s writing Parquet), peak RSS {generated['peak_gib']:.2f} GiB",
                   flush=True)
 
-            polars_row = Row(label, events, "polars (prepare_data)")
-            pandas_row = Row(label, events, "pandas")
-            pandas_row.skipped = pandas_skip_reason(events, pandas_max, rows, _available_gib())
-            if pandas_row.skipped:
-                print(f"[{label}] pandas {pandas_row.skipped}", flush=True)
+            size_rows = {name: Row(label, events, LIBRARIES[name]) for name in engines}
+            if "pandas" in size_rows:
+                size_rows["pandas"].skipped = pandas_skip_reason(events, pandas_max, rows, _available_gib())
+                if size_rows["pandas"].skipped:
+                    print(f"[{label}] pandas {size_rows['pandas'].skipped}", flush=True)
             for repeat in range(n_repeats):
                 outputs: dict[str, dict[str, Any]] = {}
-                for name, row in (("polars", polars_row), ("pandas", pandas_row)):
+                for name, row in size_rows.items():
                     if row.skipped:  # not run, or failed on an earlier repeat
                         continue
                     out_dir = str(folder / f"{name}-{repeat}")
                     try:
-                        if name == "polars":
-                            result = run_isolated(_polars_worker, raw, out_dir)
+                        if name == "pandas":
+                            result = run_isolated(_pandas_worker, raw, out_dir, splits, args.address_space_gib,
+                                                  timeout_s=args.pandas_timeout_s)
                         else:
-                            result = run_isolated(_pandas_worker, raw, out_dir, splits, timeout_s=args.pandas_timeout_s)
+                            result = run_isolated(_polars_worker, raw, out_dir, name, args.address_space_gib)
                     except WorkerFailed as failure:
                         row.skipped = f"failed: {failure}"
                         print(f"[{label}] {name} run {repeat + 1}: {row.skipped}", flush=True)
@@ -379,27 +425,34 @@ def main() -> None:
                           f"{result['cpu_seconds']:.2f}s CPU, peak RSS {result['peak_gib']:.2f} GiB "
                           f"(after imports {result['baseline_gib']:.2f}), {result['kept_events']:,} events kept",
                           flush=True)
-                if size == min(sizes) and repeat == 0 and len(outputs) == 2:
-                    equality = f"[{label}] " + check_same_outputs(outputs["polars"], outputs["pandas"])
+                if size == min(sizes) and repeat == 0 and {"memory", "pandas"} <= outputs.keys():
+                    equality = f"[{label}] " + run_isolated(_check_worker, check_same_outputs, outputs["memory"],
+                                                            outputs["pandas"])["text"]
                     print(equality, flush=True)
+                if repeat == 0 and {"memory", "streaming"} <= outputs.keys():
+                    engine_checks.append(f"[{label}] " + run_isolated(_check_worker, check_same_engines,
+                                                                      outputs["memory"], outputs["streaming"])["text"])
+                    print(engine_checks[-1], flush=True)
                 for name in outputs:
                     shutil.rmtree(folder / f"{name}-{repeat}", ignore_errors=True)
-            rows += [polars_row, pandas_row]
+            rows += size_rows.values()
             shutil.rmtree(folder, ignore_errors=True)
 
     total = time.perf_counter() - started_all
     load_after = os.getloadavg()
     memory_total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    print_report(rows, generation, equality, args.memory_gib)
+    print_report(rows, generation, [equality, *engine_checks] if "pandas" in engines else engine_checks, args.memory_gib)
+    cap = (f"; every measured process capped at {args.address_space_gib:g} GiB of address space (RLIMIT_AS)"
+           if args.address_space_gib else "")
     print(f"\nMachine: {os.cpu_count()} CPUs, {memory_total:.1f} GiB RAM, POLARS_MAX_THREADS="
-          f"{os.environ.get('POLARS_MAX_THREADS', 'unset')}; load average {load_before[0]:.1f} at start, "
+          f"{os.environ.get('POLARS_MAX_THREADS', 'unset')}{cap}; load average {load_before[0]:.1f} at start, "
           f"{load_after[0]:.1f} at end: other jobs share the machine, so wall times are inflated and noisy "
           f"(CPU seconds are steadier). Seed {SEED}, k-core {K_CORE}, leave-one-out.")
     print(f"Total benchmark time {total / 60:.1f} min (generation included).")
 
 
-def print_report(rows: list[Row], generation: list[tuple[str, float, int, float, float, float]], equality: str,
-                 memory_gib: float) -> None:
+def print_report(rows: list[Row], generation: list[tuple[str, float, int, float, float, float]],
+                 checks: list[str], memory_gib: float) -> None:
     """Print the generation table, the preprocessing table, the output check and the memory verdict."""
     print("\nGeneration (not the measured thing):\n")
     print("| size | scale | raw events | generate s | write Parquet s | peak RSS GiB |")
@@ -409,9 +462,9 @@ def print_report(rows: list[Row], generation: list[tuple[str, float, int, float,
 
     print("\nPreprocessing, raw Parquet -> events, sequences, users and items Parquet (medians over the runs):\n")
     print("| size | raw events | kept events | library | runs | median s | median CPU s | peak RSS GiB "
-          "| pandas/polars time | pandas/polars memory |")
+          "| time / memory engine | peak / memory engine |")
     print("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|")
-    polars_by_size = {row.size: row for row in rows if row.library.startswith("polars") and row.seconds}
+    memory_by_size = {row.size: row for row in rows if row.library == LIBRARIES["memory"] and row.seconds}
     for row in rows:
         kept = f"{row.kept_events:,}" if row.kept_events is not None else "-"
         start = f"| {row.size} | {row.events:,} | {kept} | {row.library} | {len(row.seconds)} "
@@ -419,23 +472,26 @@ def print_report(rows: list[Row], generation: list[tuple[str, float, int, float,
             print(f"{start}| {row.skipped} | | | | |")
             continue
         ratios = "| |"
-        polars = polars_by_size.get(row.size)
-        if row.library == "pandas" and polars is not None:
-            ratios = (f"| {row.median('seconds') / polars.median('seconds'):.1f}x "
-                      f"| {row.median('peaks') / polars.median('peaks'):.1f}x")
+        memory = memory_by_size.get(row.size)
+        if row.library != LIBRARIES["memory"] and memory is not None:
+            ratios = (f"| {row.median('seconds') / memory.median('seconds'):.2f}x "
+                      f"| {row.median('peaks') / memory.median('peaks'):.2f}x")
         note = f" ({row.skipped} on a later run)" if row.skipped else ""
         print(f"{start}| {row.median('seconds'):.1f}{note} | {row.median('cpu_seconds'):.1f} "
               f"| {row.median('peaks'):.2f} {ratios} |")
 
-    print(f"\nOutputs: {equality}.")
-    largest = max((row for row in rows if row.library.startswith("polars")), key=lambda row: row.events)
-    if largest.peaks:
-        peak = max(largest.peaks)
-        verdict = "fits within" if peak < memory_gib else "does NOT fit within"
-        print(f"{largest.size} ({largest.events:,} raw events): Polars preprocessing peak RSS {peak:.2f} GiB "
-              f"{verdict} the {memory_gib:g} GiB machine ({memory_gib - peak:.1f} GiB to spare).")
-    else:
-        print(f"{largest.size}: Polars preprocessing did not finish ({largest.skipped}); no memory verdict.")
+    print("\nOutputs:")
+    for check in checks:
+        print(f"- {check}.")
+    largest_events = max(row.events for row in rows)
+    for largest in (row for row in rows if row.events == largest_events and row.library.startswith("polars")):
+        if largest.peaks:
+            peak = max(largest.peaks)
+            verdict = "fits within" if peak < memory_gib else "does NOT fit within"
+            print(f"{largest.size} ({largest.events:,} raw events): {largest.library} peak RSS {peak:.2f} GiB "
+                  f"{verdict} the {memory_gib:g} GiB machine ({memory_gib - peak:.1f} GiB to spare).")
+        else:
+            print(f"{largest.size}: {largest.library} did not finish ({largest.skipped}); no memory verdict.")
 
 
 if __name__ == "__main__":

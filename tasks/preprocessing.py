@@ -3,6 +3,9 @@
 Order of operations: optional rating threshold -> dedupe -> iterative k-core -> contiguous ids ->
 per-user time-ordered sequences -> temporal hold-out (last items by time are test, the ones
 before them valid, the rest train; RecBole's "LS/TO" protocol) -> source/target roles.
+
+`preprocess.engine: streaming` runs the same steps, built from this module's functions, through
+Parquet files in bounded memory (tasks/streaming_preprocessing.py); the output is the same.
 """
 from __future__ import annotations
 
@@ -173,6 +176,96 @@ def check_partition(users: pl.DataFrame, items: pl.DataFrame, scenario: Scenario
             )
 
 
+def index_events(events: pl.DataFrame, user_map: pl.DataFrame, item_map: pl.DataFrame) -> pl.DataFrame:
+    """Events with user_idx and item_idx in place of the raw ids."""
+    return events.join(user_map, on="user_id").join(item_map, on="item_id").select("user_idx", "item_idx", "timestamp")
+
+
+def user_groups_of(user_map: pl.DataFrame, users_raw: pl.DataFrame, split: SplitConfig,
+                   origin: str) -> pl.DataFrame | None:
+    """user_idx -> `_group` (the value of split.user_group_column) under the user_groups protocol, else None."""
+    if split.protocol != "user_groups":
+        return None
+    if split.user_group_column not in users_raw.columns:
+        raise DataError(f"{origin}: split.user_group_column '{split.user_group_column}' is not a users "
+                        f"column; found {users_raw.columns}")
+    return user_map.join(users_raw.select("user_id", pl.col(split.user_group_column).alias("_group")),
+                         on="user_id", how="left").select("user_idx", "_group")
+
+
+def split_events(events: pl.DataFrame, split: SplitConfig, groups: pl.DataFrame | None) -> pl.DataFrame:
+    """Events labelled train/valid/test(/context) under the configured protocol (see assign_splits)."""
+    if split.protocol == "user_groups":
+        return assign_user_group_splits(events, groups, split)
+    return assign_splits(events, split.holdout_size())
+
+
+def check_core_not_empty(n_events: int, raw: RawTables, preprocess: PreprocessConfig) -> None:
+    """Raise DataError when the rating filter and k-core left no interaction."""
+    if n_events == 0:
+        raise DataError(
+            f"{raw.interactions.path}: no interactions left after preprocess.min_rating="
+            f"{preprocess.min_rating} and preprocess.k_core={preprocess.k_core}; lower them"
+        )
+
+
+def check_split_not_empty(labels: set[str], n_events: int, groups: pl.DataFrame | None, split: SplitConfig,
+                          raw: RawTables) -> None:
+    """Raise DataError when the split held out no user of a group, or left no event at all.
+
+    `labels`: the split labels that occur among the `n_events` split events (read under user_groups only).
+    """
+    if split.protocol == "user_groups":
+        for name, wanted in (("valid", split.valid_groups), ("test", split.test_groups)):
+            if name not in labels:
+                raise DataError(f"{raw.users.path}: no user of split.{name}_groups {wanted} in column "
+                                f"'{split.user_group_column}'; values present: "
+                                f"{sorted(groups['_group'].drop_nulls().unique().to_list())}")
+    if n_events == 0:
+        raise DataError(
+            f"{raw.interactions.path}: no user has the {2 * split.holdout_size() + 1} interactions that "
+            f"split.protocol={split.protocol} needs"
+        )
+
+
+def renumber_users(events: pl.DataFrame, start: int = 1) -> pl.DataFrame:
+    """Map user_idx -> `new_idx`, contiguous from `start` in user_idx order, of the users left in `events`."""
+    kept_users = events.select("user_idx").unique().sort("user_idx")
+    return kept_users.with_columns(pl.int_range(start, start + kept_users.height, dtype=pl.Int32).alias("new_idx"))
+
+
+def apply_renumbering(frame: pl.DataFrame, renumber: pl.DataFrame) -> pl.DataFrame:
+    """`frame` with its user_idx replaced by the renumbered one; users missing from `renumber` are dropped."""
+    return frame.join(renumber, on="user_idx").drop("user_idx").rename({"new_idx": "user_idx"})
+
+
+def describe_users_and_items(user_map: pl.DataFrame, item_map: pl.DataFrame, users_raw: pl.DataFrame,
+                             raw: RawTables, scenario: ScenarioConfig,
+                             group_attribute: str | None) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The users and items tables: id maps joined to the raw attributes, checked, with source/target roles."""
+    items_raw = pl.read_parquet(raw.items.path)
+    users = user_map.join(users_raw, on="user_id", how="left").sort("user_idx")
+    items = item_map.join(items_raw, on="item_id", how="left").sort("item_idx")
+    check_partition(users, items, scenario, group_attribute, origin=raw.users.path)
+    return assign_roles(users, items, scenario)
+
+
+def output_dir(raw: RawTables, preprocess: PreprocessConfig, split: SplitConfig, scenario: ScenarioConfig,
+               group_attribute: str | None, cache_root: Path) -> Path:
+    """The cache folder of one preprocessing configuration of one raw dataset."""
+    key = fingerprint_text(raw.interactions.fingerprint, preprocess.model_dump(), split.model_dump(),
+                           scenario.model_dump(), group_attribute)
+    return cache_root / f"preprocess-{key}"
+
+
+def log_summary(prepared: PreparedData, preprocess: PreprocessConfig, detail: str = "") -> None:
+    """Log the one summary line of the stage: users, items, interactions kept and dropped."""
+    log.info(
+        "preprocessed: %d users, %d items, %d interactions kept, %d dropped (dedupe, rating, %d-core, split)%s",
+        prepared.n_users, prepared.n_items - 1, prepared.n_events, prepared.dropped_events, preprocess.k_core, detail,
+    )
+
+
 def prepare_data(
     raw: RawTables,
     preprocess: PreprocessConfig,
@@ -182,55 +275,28 @@ def prepare_data(
     cache_root: Path,
 ) -> PreparedData:
     """Run every preprocessing step on the raw tables and write the results as Parquet."""
+    if preprocess.engine == "streaming":
+        from tasks.streaming_preprocessing import prepare_data_streaming  # imports this module's pieces
+
+        return prepare_data_streaming(raw, preprocess, split, scenario, group_attribute, cache_root)
     interactions = scan_table(raw.interactions, schemas.INTERACTIONS, "interactions")
     raw_count = interactions.select(pl.len()).collect().item()
     filtered = dedupe(filter_by_rating(interactions, preprocess.min_rating), preprocess.dedupe)
     cored = k_core(filtered.select("user_id", "item_id", "timestamp").collect(), preprocess.k_core)
-    if cored.is_empty():
-        raise DataError(
-            f"{raw.interactions.path}: no interactions left after preprocess.min_rating="
-            f"{preprocess.min_rating} and preprocess.k_core={preprocess.k_core}; lower them"
-        )
+    check_core_not_empty(cored.height, raw, preprocess)
     user_map, item_map = index_ids(cored, "user_id"), index_ids(cored, "item_id")
-    indexed = cored.join(user_map, on="user_id").join(item_map, on="item_id")
     users_raw = pl.read_parquet(raw.users.path)
-    if split.protocol == "user_groups":
-        if split.user_group_column not in users_raw.columns:
-            raise DataError(f"{raw.users.path}: split.user_group_column '{split.user_group_column}' is not a users "
-                            f"column; found {users_raw.columns}")
-        groups = user_map.join(users_raw.select("user_id", pl.col(split.user_group_column).alias("_group")),
-                               on="user_id", how="left").select("user_idx", "_group")
-        events = assign_user_group_splits(indexed.select("user_idx", "item_idx", "timestamp"), groups, split)
-        for name, wanted in (("valid", split.valid_groups), ("test", split.test_groups)):
-            if events.filter(pl.col("split") == name).is_empty():
-                raise DataError(f"{raw.users.path}: no user of split.{name}_groups {wanted} in column "
-                                f"'{split.user_group_column}'; values present: "
-                                f"{sorted(groups['_group'].drop_nulls().unique().to_list())}")
-    else:
-        events = assign_splits(indexed.select("user_idx", "item_idx", "timestamp"), split.holdout_size())
-    if events.is_empty():
-        raise DataError(
-            f"{raw.interactions.path}: no user has the {2 * split.holdout_size() + 1} interactions that "
-            f"split.protocol={split.protocol} needs"
-        )
+    groups = user_groups_of(user_map, users_raw, split, raw.users.path)
+    events = split_events(index_events(cored, user_map, item_map), split, groups)
+    labels = set(events["split"].unique().to_list()) if groups is not None else set()  # only user_groups checks them
+    check_split_not_empty(labels, events.height, groups, split, raw)
     # Users dropped by the split lose their index so that user_idx stays contiguous.
-    kept_users = events.select("user_idx").unique().sort("user_idx")
-    renumber = kept_users.with_columns(pl.int_range(1, kept_users.height + 1, dtype=pl.Int32).alias("new_idx"))
-    events = (
-        events.join(renumber, on="user_idx").drop("user_idx").rename({"new_idx": "user_idx"})
-        .select("user_idx", "item_idx", "timestamp", "split")
-    )
-    user_map = user_map.join(renumber, on="user_idx").drop("user_idx").rename({"new_idx": "user_idx"})
+    renumber = renumber_users(events)
+    events = apply_renumbering(events, renumber).select("user_idx", "item_idx", "timestamp", "split")
+    user_map = apply_renumbering(user_map, renumber)
+    users, items = describe_users_and_items(user_map, item_map, users_raw, raw, scenario, group_attribute)
 
-    items_raw = pl.read_parquet(raw.items.path)
-    users = user_map.join(users_raw, on="user_id", how="left").sort("user_idx")
-    items = item_map.join(items_raw, on="item_id", how="left").sort("item_idx")
-    check_partition(users, items, scenario, group_attribute, origin=raw.users.path)
-    users, items = assign_roles(users, items, scenario)
-
-    key = fingerprint_text(raw.interactions.fingerprint, preprocess.model_dump(), split.model_dump(),
-                           scenario.model_dump(), group_attribute)
-    out_dir = cache_root / f"preprocess-{key}"
+    out_dir = output_dir(raw, preprocess, split, scenario, group_attribute, cache_root)
     prepared = PreparedData(
         events=write_parquet(events, out_dir / "events.parquet"),
         sequences=write_parquet(build_sequences(events), out_dir / "sequences.parquet"),
@@ -241,10 +307,7 @@ def prepare_data(
         n_events=events.height,
         dropped_events=raw_count - events.height,
     )
-    log.info(
-        "preprocessed: %d users, %d items, %d interactions kept, %d dropped (dedupe, rating, %d-core, split)",
-        prepared.n_users, prepared.n_items - 1, prepared.n_events, prepared.dropped_events, preprocess.k_core,
-    )
+    log_summary(prepared, preprocess)
     return prepared
 
 

@@ -55,7 +55,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="itx-fk-") as folder:
         cache = Path(folder)
-        raw = ingest_dataset(config.data, config.seed, cache)
+        raw = ingest_dataset(config.data, config.seed, cache, config.privacy)
         prepared = prepare_data(raw, config.preprocess, config.split, config.scenario,
                                 config.evaluation.group_attribute, cache)
         print(f"Food–Kitchen: {prepared.n_users} users, {prepared.n_items - 1} items, {prepared.n_events} events",

@@ -50,7 +50,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="itx-ml1m-") as folder:
         cache = Path(folder)
-        raw = ingest_dataset(config.data, config.seed, cache)
+        raw = ingest_dataset(config.data, config.seed, cache, config.privacy)
         prepared = prepare_data(raw, config.preprocess, config.split, config.scenario,
                                 config.evaluation.group_attribute, cache)
         print(f"ML-1M after preprocessing: {prepared.n_users} users, {prepared.n_items - 1} items, "

@@ -86,7 +86,7 @@ def main() -> None:
     for _ in range(args.repeats):
         with tempfile.TemporaryDirectory(prefix="itx-bench-") as folder:
             cache, run_dir = Path(folder) / "cache", Path(folder) / "run"
-            raw, seconds, peak = run_stage("ingest", config.data, config.seed, cache)
+            raw, seconds, peak = run_stage("ingest", config.data, config.seed, cache, config.privacy)
             record("ingest (synthetic)", seconds, peak)
             prepared, seconds, peak = run_stage("preprocess", raw, config.preprocess, config.split, config.scenario,
                                                 config.evaluation.group_attribute, cache)
@@ -109,7 +109,7 @@ def main() -> None:
         for scale in [float(s) for s in args.scales.split(",") if s]:
             scaled = config.data.model_copy(update={"synthetic": config.data.synthetic.model_copy(update={"scale": scale})})
             with tempfile.TemporaryDirectory(prefix="itx-bench-") as folder:
-                raw, seconds, peak = run_stage("ingest", scaled, config.seed, Path(folder))
+                raw, seconds, peak = run_stage("ingest", scaled, config.seed, Path(folder), config.privacy)
                 import polars as pl
 
                 events = pl.scan_parquet(raw.interactions.path).select(pl.len()).collect().item()

@@ -52,7 +52,7 @@ def main() -> None:
     costs, frames = [], []
     with tempfile.TemporaryDirectory(prefix="itx-transfer-") as folder:
         cache = Path(folder)
-        raw = ingest_dataset(config.data, config.seed, cache)
+        raw = ingest_dataset(config.data, config.seed, cache, config.privacy)
         prepared = prepare_data(raw, config.preprocess, config.split, config.scenario,
                                 config.evaluation.group_attribute, cache)
         print(f"{config.scenario.name}: {prepared.n_users} users, {prepared.n_items - 1} items, "

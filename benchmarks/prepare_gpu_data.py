@@ -44,7 +44,7 @@ def prepare(name: str, config_file: Path, overrides: list[str], out: Path) -> Pa
         planned.append(PlannedModel(label="sasrec", model=SASRecConfig(), target_fraction=None))
     with tempfile.TemporaryDirectory(prefix=f"itx-gpu-{name}-") as folder:
         cache = Path(folder)
-        raw = ingest_dataset(config.data, config.seed, cache)
+        raw = ingest_dataset(config.data, config.seed, cache, config.privacy)
         prepared = prepare_data(raw, config.preprocess, config.split, config.scenario,
                                 config.evaluation.group_attribute, cache)
         data = load_sequence_data(prepared)

@@ -2,8 +2,9 @@
 
 Trains a tiny GRU on a small synthetic shop, registers it in a temporary MLflow store as
 models:/itx-smoke@champion, starts the scoring server on a free port, sends one good request
-(printed, with the equivalent curl command) and bad ones that must come back 4xx with a readable
-message (not a traceback). Exits non-zero on any failure; the server's process group is always stopped.
+(printed, with the equivalent curl command; every item must come with reasons from the request's
+history) and bad ones that must come back 4xx with a readable message (not a traceback). Exits
+non-zero on any failure; the server's process group is always stopped.
 
   .venv/bin/python benchmarks/smoke_serving.py [--keep]     (about a minute on 2 CPUs)
 """
@@ -144,6 +145,12 @@ def run_cases(base: str, ids: list[str]) -> list[str]:
         for row, seen in zip(predictions, [ids[:3], ids[5:7]]):
             assert len(row["item_ids"]) == 5 and not set(row["item_ids"]) & set(seen), row
             assert row["scores"] == sorted(row["scores"], reverse=True), row
+            # Reasons: per recommended item, items of this request's own history, best first.
+            assert len(row["reason_item_ids"]) == len(row["reason_scores"]) == 5, row
+            for reasons, evidence in zip(row["reason_item_ids"], row["reason_scores"]):
+                assert set(reasons) <= set(seen) and len(reasons) == len(evidence) <= 3, row
+                assert evidence == sorted(evidence, reverse=True), row
+        assert any(predictions[0]["reason_item_ids"]), "no recommended item carries a reason"
         assert len(predictions) == 2
     except (AssertionError, KeyError, TypeError, json.JSONDecodeError) as error:
         failures.append(f"good request: {status} {text[:300]} ({error!r})")

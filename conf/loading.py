@@ -24,12 +24,21 @@ def preset_path(name: str = DEFAULT_PRESET) -> Path:
 
 def read_yaml(path: Path) -> dict[str, Any]:
     """Mapping in a YAML file, following `extends: <relative path>` chains (child keys win)."""
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory (expected a YAML file)")
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found (expected a YAML file)")
+    raw = path.read_bytes()
     try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: line {line}: not valid UTF-8 text (byte {raw[err.start]:#04x}); "
+                          "expected a UTF-8 YAML file") from None
+    try:
+        document = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from None
     if not isinstance(document, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, found {type(document).__name__}")
     parent = document.pop("extends", None)
@@ -54,7 +63,10 @@ def apply_override(document: dict[str, Any], assignment: str) -> None:
     key_path, sep, raw_value = assignment.partition("=")
     if not sep or not key_path:
         raise ConfigError(f"--set {assignment!r}: expected key.path=value")
-    value = yaml.safe_load(raw_value) if raw_value else ""
+    try:
+        value = yaml.safe_load(raw_value) if raw_value else ""
+    except yaml.YAMLError as error:
+        raise ConfigError(f"--set {assignment!r}: the value is not valid YAML ({' '.join(str(error).split())})") from None
     keys = key_path.split(".")
     node: Any = document
     for depth, key in enumerate(keys[:-1]):

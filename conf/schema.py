@@ -563,6 +563,11 @@ class PipelineConfig(Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> PipelineConfig:
+        # Names become folder names (run folders, cache, event store): no separators, no '..'.
+        for key, value in [("name", self.name), *((f"models.{i}.name", m.name) for i, m in enumerate(self.models))]:
+            if not re.fullmatch(RUN_NAME_PATTERN, value):
+                raise ValueError(f"{key}: must match {RUN_NAME_PATTERN} (letters, digits, '.', '_', '-'; "
+                                 f"no path separators), got {value!r}")
         names = [m.name for m in self.models]
         if len(set(names)) != len(names):
             raise ValueError(f"models: names must be distinct, got {names}")

@@ -9,6 +9,9 @@
   itx serve [CONFIG] [--port 4200] [--cron "0 3 * * *"] [--new-events PATH]
                                      start a local Prefect server (UI) and serve the pipeline and
                                      nightly-retrain deployments until Ctrl-C
+  itx reidentify RUN_DIR [--out FILE]
+                                     with the pseudonym key present, write a pseudonymised run's
+                                     recommendations with raw user ids to a new file
 
 Exit code 0 on success; otherwise one line `itx: error: <reason>` on stderr and exit code 2 for bad
 configuration or data, 1 for anything else.
@@ -60,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=4200, help="Prefect server port on 127.0.0.1 (default 4200)")
     serve.add_argument("--cron", default="0 3 * * *", help="schedule of the retraining deployment (default nightly 03:00 UTC)")
     serve.add_argument("--new-events", default="incoming", help="landing folder the scheduled retrain reads (default ./incoming)")
+    reidentify = commands.add_parser("reidentify", help="map a pseudonymised run's recommendations back to raw "
+                                     "user ids (needs the pseudonym key)")
+    reidentify.add_argument("run_dir", metavar="RUN_DIR", help="a finished run folder (config.yaml, recommendations)")
+    reidentify.add_argument("--out", help="file to write (.parquet or .csv; default RUN_DIR/"
+                            "recommendations_reidentified.parquet); never the run's own export")
     demo = commands.add_parser("demo", help="run the synthetic shop: both split protocols and two transfer scenarios")
     demo.add_argument("--output-dir", help="root folder for run folders (output.root)")
     return parser
@@ -102,10 +110,30 @@ def metrics_table(metrics_csv: Path, title: str):
     return table
 
 
+def prepare_prefect_database() -> None:
+    """Migrate $PREFECT_HOME's database one process at a time, before a temporary server does: two runs
+    starting at once on a new Prefect home would both migrate it and one would fail."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME
+
+    if PREFECT_API_URL.value():
+        return
+    import asyncio
+
+    from prefect.server.database import provide_database_interface
+
+    from tasks.io import file_lock
+
+    home = Path(PREFECT_HOME.value())
+    home.mkdir(parents=True, exist_ok=True)
+    with file_lock(home / "itx-migrate.lock", "Prefect database setup"):
+        asyncio.run(provide_database_interface().create_db())
+
+
 def run_pipeline(config: PipelineConfig):
     """Run the pipeline flow (a temporary Prefect server starts if none is configured)."""
     from flows.pipeline import pipeline_flow
 
+    prepare_prefect_database()
     return pipeline_flow(config)
 
 
@@ -133,6 +161,7 @@ def retrain(args: argparse.Namespace, console) -> int:
 
     config = config_from_args(args)
     batch = EventLogConfig(interactions=args.new_events) if args.new_events else None
+    prepare_prefect_database()
     result = retrain_flow(config, batch, args.finetune_epochs, args.force)
     if result.run_dir is None:
         console.print("no new events: nothing to retrain")
@@ -140,6 +169,16 @@ def retrain(args: argparse.Namespace, console) -> int:
     console.print(f"run folder:      {result.run_dir}")
     console.print(f"gate:            {result.decision.metric}: {result.decision.reason}")
     console.print(f"registry:        {'promoted as version ' + result.version if result.version else 'champion kept'}")
+    return 0
+
+
+def reidentify(args: argparse.Namespace, console) -> int:
+    """`itx reidentify`: the run's recommendations with raw user ids, in a new file."""
+    from tasks.privacy import reidentify_run
+
+    result = reidentify_run(Path(args.run_dir), Path(args.out) if args.out else None)
+    console.print(f"recommendations with raw user ids ({result.users} users, {result.rows} rows): {result.path}",
+                  markup=False, highlight=False)
     return 0
 
 
@@ -156,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "retrain":
             return retrain(args, console)
+        if args.command == "reidentify":
+            return reidentify(args, console)
         if args.command == "serve":
             from flows.deployments import serve_deployments
 

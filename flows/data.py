@@ -5,12 +5,15 @@ from conf.schema import PipelineConfig
 from tasks.ingestion import ingest, source_fingerprint
 from tasks.io import CacheDir
 from tasks.preprocessing import PreparedData, check_catalogue_size, preprocess
+from tasks.privacy import pseudonym_key_id
 
 
 @flow(name="data")
 def data_flow(config: PipelineConfig, cache: CacheDir) -> PreparedData:
-    """Ingest and preprocess; both steps are cached on their inputs."""
-    raw = ingest(config.data, config.seed, cache, source_fingerprint(config.data))
+    """Ingest (user ids pseudonymised when config.privacy says so) and preprocess; both steps are cached on
+    their inputs."""
+    raw = ingest(config.data, config.seed, cache, source_fingerprint(config.data), config.privacy,
+                 pseudonym_key_id(config.privacy))
     prepared = preprocess(raw, config.preprocess, config.split, config.scenario, config.evaluation.group_attribute,
                           cache)
     check_catalogue_size(prepared, config.evaluation.ks, config.export.top_k)  # before any training

@@ -14,7 +14,8 @@ from flows.runners import shared_task_runner
 from flows.training import training_flow
 from tasks.export import ExportedRecommendations
 from tasks.artifacts import publish_artifacts
-from tasks.io import TableRef
+from tasks.io import TableRef, open_cache_dir
+from tasks.privacy import pseudonym_key_id
 from tasks.preprocessing import PreparedData
 from tasks.runs import close_run, fail_run, open_run
 
@@ -34,9 +35,11 @@ class PipelineResult:
 @flow(name="interest-transfer", log_prints=True)
 def pipeline_flow(config: PipelineConfig) -> PipelineResult:
     """Run every stage on the configured data; outputs go to <output.root>/<run name>/."""
+    pseudonym_key_id(config.privacy)  # a missing pseudonym key stops the run before anything is created
+    # Data first: bad input fails here, before a run folder or an MLflow run exists.
+    prepared = data_flow(config, open_cache_dir(Path(config.output.root).resolve() / "cache"))
     run = open_run(config, flow_run.get_id())
     try:
-        prepared = data_flow(config, run.cache)
         with shared_task_runner(config.execution) as runner:  # one Dask cluster (or thread) for both stages
             trained = training_flow.with_options(task_runner=runner)(config, prepared, run)
             metrics = evaluation_flow.with_options(task_runner=runner)(config, prepared, trained, run)

@@ -16,6 +16,7 @@ from tasks.gate import GateDecision
 from tasks.ingestion import ingest, source_fingerprint
 from tasks.io import open_cache_dir
 from tasks.preprocessing import check_catalogue_size, preprocess
+from tasks.privacy import pseudonym_key_id
 from tasks.promotion import champion_model_config, gate, record_decision
 from tasks.registry import fetch_champion, promote_model, register_model, registered_name
 from tasks.retraining import close_retrain, finetune
@@ -50,8 +51,9 @@ def retrain_flow(config: PipelineConfig, new_events: EventLogConfig | None = Non
     config = config.model_copy(update={"models": [champion_model_config(champion, config)], "export":
                                        config.export.model_copy(update={"model": None})})
     store = store_dir(config.output.root, config.name)
-    base = ingest(config.data, config.seed, cache, source_fingerprint(config.data))
-    update = update_event_store(store, base, new_batches(store, new_events))
+    base = ingest(config.data, config.seed, cache, source_fingerprint(config.data), config.privacy,
+                  pseudonym_key_id(config.privacy))
+    update = update_event_store(store, base, new_batches(store, new_events), config.privacy)
     print(f"event store {store}: {update.added} new events appended ({update.duplicates} duplicates skipped), "
           f"{update.total} in all")
     if update.added == 0 and not force:

@@ -5,10 +5,16 @@ always rank the full catalogue.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
+import pickle  # only for its error type: checkpoints are read with weights_only
 import time
 import warnings
+import zipfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
@@ -22,6 +28,8 @@ from conf.schema import TrainConfig
 from models.data import EvalBatch, SequenceData, SequenceDataModule
 from models.device import uses_cuda
 from models.metrics import ndcg_at_k
+
+log = logging.getLogger(__name__)
 
 # Training curves get their own namespace so they never mix with the final evaluation metrics.
 VALID_METRIC = "curve/valid_ndcg_at_10"
@@ -68,6 +76,108 @@ def save_payload(path: Path, kind: str, hparams: dict[str, Any], state: dict[str
     temporary = path.with_name(f".{path.name}.tmp")
     torch.save({"kind": kind, "hparams": hparams, "state_dict": state}, temporary)
     temporary.replace(path)
+
+
+LAST_CHECKPOINT = "last.ckpt"
+PLATEAU_PENDING = "itx_plateau_pending"  # checkpoint key: validation metric of the epoch whose plateau step is due
+FIT_STATE = "fit.json"  # in a checkpoint folder: which fit it belongs to, and its summary once finished
+# What torch.load(weights_only=True) raises for a truncated, foreign or booby-trapped file (no code runs).
+UNREADABLE = (OSError, RuntimeError, KeyError, TypeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError)
+
+
+def fit_signature(model: nn.Module, data: SequenceData, train: TrainConfig, seed: int) -> str:
+    """SHA-256 of everything a fit's outcome depends on: model class and hyperparameters, starting
+    weights (and which are frozen), training data and validation targets, training settings, seed."""
+    digest = hashlib.sha256()
+    hparams = dict(getattr(model, "hparams", {}))
+    digest.update(json.dumps([type(model).__qualname__, hparams, train.model_dump(mode="json"), seed],
+                             sort_keys=True, default=str).encode())
+    for name, value in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    digest.update(json.dumps(sorted(n for n, p in model.named_parameters() if not p.requires_grad)).encode())
+    for split in (data.train, data.valid, data.context):
+        digest.update(json.dumps([len(items) for items in split]).encode())
+        for items in split:
+            digest.update(items.astype("int64", copy=False).tobytes())
+    return digest.hexdigest()
+
+
+def read_fit_state(checkpoint_dir: Path) -> dict[str, Any]:
+    """The fit state in checkpoint_dir ({} when missing or unreadable)."""
+    try:
+        return json.loads((checkpoint_dir / FIT_STATE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def write_fit_state(checkpoint_dir: Path, state: dict[str, Any]) -> None:
+    """Replace the fit state atomically (a kill leaves the old one or the new one, never half of one)."""
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    temporary = checkpoint_dir / f".{FIT_STATE}.{os.getpid()}.tmp"
+    temporary.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+    temporary.replace(checkpoint_dir / FIT_STATE)
+
+
+def clear_checkpoints(checkpoint_dir: Path) -> None:
+    """Remove the checkpoints and fit state of an earlier, different fit from checkpoint_dir."""
+    if checkpoint_dir.is_dir():
+        for path in [*checkpoint_dir.glob("*.ckpt"), checkpoint_dir / FIT_STATE]:
+            path.unlink(missing_ok=True)
+
+
+def resumable_checkpoint(checkpoint_dir: Path) -> tuple[Path, int] | None:
+    """(last.ckpt, epochs it completed) if it exists and loads with weights_only; None (and a warning) otherwise."""
+    last = checkpoint_dir / LAST_CHECKPOINT
+    if not last.is_file():
+        return None
+    try:
+        payload = torch.load(last, map_location="cpu", weights_only=True)
+        epochs = int(payload["epoch"]) + 1
+        kept = {last.name} | {Path(state["best_model_path"]).name for name, state in payload["callbacks"].items()
+                              if name.startswith("ModelCheckpoint") and state.get("best_model_path")}
+    except UNREADABLE as err:
+        log.warning("%s cannot be resumed from (%s); training from the start", last, err)
+        return None
+    # Lightning writes last.ckpt only in epochs that improved; a kill between a new best checkpoint and
+    # last.ckpt leaves a best file the resumed fit does not know of. Resumed, it would save beside it.
+    for path in checkpoint_dir.glob("*.ckpt"):
+        if path.name not in kept:
+            path.unlink(missing_ok=True)
+    return last, epochs
+
+
+class ResumableDataModule(SequenceDataModule):
+    """SequenceDataModule whose checkpoints also hold the random state that the next epoch draws from:
+    the training shuffle's generator and torch's global generator (dropout), so that a fit resumed from
+    an epoch's checkpoint continues exactly as the uninterrupted fit would have."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.generator: torch.Generator | None = None
+        self.restored: dict[str, Any] | None = None
+
+    def train_dataloader(self) -> Any:
+        loader = super().train_dataloader()
+        self.generator = loader.sampler.sampler.generator  # BatchSampler(RandomSampler(generator=...))
+        if self.restored is not None:  # Lightning restores us before it asks for the loader
+            self.generator.set_state(self.restored["train_generator"])
+            torch.set_rng_state(self.restored["torch"])
+            if "cuda" in self.restored and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(self.restored["cuda"])
+            self.restored = None
+        return loader
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.generator is None:
+            return {}
+        state = {"train_generator": self.generator.get_state(), "torch": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.restored = dict(state_dict) if state_dict else None
 
 
 class SequentialRecommender(pl.LightningModule):
@@ -125,6 +235,24 @@ class SequentialRecommender(pl.LightningModule):
     # Set by `fit` from TrainConfig: (factor, patience) of a plateau schedule, or None for a constant rate.
     lr_decay: tuple[float, int] | None = None
 
+    # Lightning saves a checkpoint at validation end and steps a plateau schedule only afterwards, at the
+    # end of the epoch; on resume it skips that step (the metric it needs is not in the checkpoint). The
+    # checkpoint carries the metric, and the resumed fit takes the step before it trains on.
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        value = self.trainer.callback_metrics.get(VALID_METRIC)
+        if self.lr_decay is not None and value is not None:
+            checkpoint[PLATEAU_PENDING] = float(value)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._plateau_pending = checkpoint.get(PLATEAU_PENDING)
+
+    def on_train_start(self) -> None:
+        pending, self._plateau_pending = getattr(self, "_plateau_pending", None), None
+        if pending is not None:
+            for config in self.trainer.lr_scheduler_configs:
+                if config.reduce_on_plateau:
+                    config.scheduler.step(pending)
+
     def make_optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
 
@@ -140,9 +268,28 @@ class SequentialRecommender(pl.LightningModule):
 
     def fit(self, data: SequenceData, train: TrainConfig, seed: int, loggers: Sequence[Logger] = (),
             checkpoint_dir: Path | None = None) -> FitSummary:
-        """Train with Lightning, stop early on validation NDCG@10, and keep the best epoch's weights."""
+        """Train with Lightning, stop early on validation NDCG@10, and keep the best epoch's weights.
+
+        With a checkpoint_dir the fit survives being killed: called again for the same fit (same
+        model, starting weights, data, settings and seed), it resumes from the `last.ckpt` of the
+        interrupted one, or returns the finished one's result without training again.
+        """
         started = time.perf_counter()
         pl.seed_everything(seed, workers=True)
+        self.lr_decay = (train.lr_decay_factor, train.lr_decay_patience) if train.lr_decay_factor else None
+        resume_from = None
+        if checkpoint_dir is not None:
+            signature = fit_signature(self, data, train, seed)
+            state = read_fit_state(checkpoint_dir)
+            if state.get("signature") == signature and "summary" in state:
+                finished = self._restore_finished_fit(checkpoint_dir, state)
+                if finished is not None:
+                    return finished
+            elif state.get("signature") == signature:
+                resume_from = resumable_checkpoint(checkpoint_dir)
+            if resume_from is None:  # a new fit, another fit's leftovers, or unreadable files: start clean
+                clear_checkpoints(checkpoint_dir)
+                write_fit_state(checkpoint_dir, {"signature": signature})
         checkpoint = ModelCheckpoint(dirpath=checkpoint_dir, monitor=VALID_METRIC, mode="max", save_top_k=1,
                                      save_last=True, filename="best-{epoch}")
         trainer = pl.Trainer(
@@ -160,26 +307,49 @@ class SequentialRecommender(pl.LightningModule):
             log_every_n_steps=10,
             default_root_dir=str(checkpoint_dir) if checkpoint_dir else None,
         )
-        module = SequenceDataModule(data, self.max_seq_len, train.batch_size, eval_batch_size=512, seed=seed,
-                                    pin_memory=uses_cuda(train.accelerator))
-        self.lr_decay = (train.lr_decay_factor, train.lr_decay_patience) if train.lr_decay_factor else None
+        module = ResumableDataModule(data, self.max_seq_len, train.batch_size, eval_batch_size=512, seed=seed,
+                                     pin_memory=uses_cuda(train.accelerator))
         # A second fit (fine-tuning) starts from the eval mode the first one ended in; Lightning keeps
         # module modes as it finds them, so switch dropout back on here. Frozen parts stay frozen.
         self.train()
+        if resume_from is not None:
+            log.info("%s: resumed from %s (%d epochs done)", self.kind, resume_from[0], resume_from[1])
         with warnings.catch_warnings():
             # We override transfer_batch_to_device on purpose (EvalBatch); Lightning warns about it.
             warnings.filterwarnings("ignore", message=".*transfer_batch_to_device.*")
-            trainer.fit(self, datamodule=module)
+            # The folder holds our fit state (and, on resume, the checkpoints resumed from).
+            warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
+            # weights_only: the checkpoint is read without running code from it (tensors and plain values only).
+            trainer.fit(self, datamodule=module, ckpt_path=resume_from[0] if resume_from else None,
+                        weights_only=True)
         if checkpoint.best_model_path:
             best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)
             self.load_state_dict(best["state_dict"])
         best_score = checkpoint.best_model_score
         self.eval()
-        return FitSummary(
+        summary = FitSummary(
             epochs=trainer.current_epoch,
             best_valid_ndcg=float(best_score) if best_score is not None else None,
             seconds=time.perf_counter() - started,
         )
+        if checkpoint_dir is not None:
+            # Last: only a fit that ran to its end is marked finished.
+            write_fit_state(checkpoint_dir, {"signature": signature, "summary": asdict(summary),
+                                             "best": Path(checkpoint.best_model_path).name or None})
+        return summary
+
+    def _restore_finished_fit(self, checkpoint_dir: Path, state: dict[str, Any]) -> FitSummary | None:
+        """Load the weights a finished fit left in checkpoint_dir (its best epoch, else its last) and return its
+        summary; None (and a warning) when they cannot be read."""
+        weights = checkpoint_dir / Path(state.get("best") or LAST_CHECKPOINT).name
+        try:
+            self.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True)["state_dict"])
+        except UNREADABLE as err:
+            log.warning("%s cannot be read (%s); training again", weights, err)
+            return None
+        self.eval()
+        log.info("%s: fit already finished in %s; its weights reused", self.kind, checkpoint_dir)
+        return FitSummary(**state["summary"])
 
     def save(self, path: Path) -> None:
         """Write hyperparameters and weights to one file."""

@@ -1,13 +1,23 @@
 """Online serving: a trained recommender as an MLflow pyfunc that answers "top-K items for this history".
 
-The only module of models/ that imports MLflow. The pure steps (id mapping, validation, top-K) are
-plain functions raising `InvalidRequest`, so tests call them without MLflow; `TopKRecommender`
-turns that error into MLflow's INVALID_PARAMETER_VALUE, which the scoring server answers with
-HTTP 400 and the message.
+With `serving_code.py`, the only modules of models/ that import MLflow. The pure steps (id mapping,
+validation, top-K, reasons) are plain functions raising `InvalidRequest`, so tests call them without
+MLflow; `TopKRecommender` turns that error into MLflow's INVALID_PARAMETER_VALUE, which the scoring
+server answers with HTTP 400 and the message.
 
 A request row holds item ids in the original id space, most recent last:
     {"history": ["i12", "i7"], "source_history": ["b3"]}     params: {"k": 10}
-and gets back {"item_ids": [...], "scores": [...]}, best first, never an item of either list.
+and gets back, best first, never an item of either list:
+    {"item_ids": ["i9", ...], "scores": [6.4, ...],
+     "reason_item_ids": [["i7", "i12"], ...], "reason_scores": [[0.83, 0.21], ...]}
+reason_item_ids[j] are the reasons for item_ids[j]: up to N_REASONS items of the history the model
+read (for a model reading the source domain, the source-domain items) that point to it most, best
+first, and reason_scores[j] their evidence, how much that item alone raises the model's score of
+item_ids[j] (`models/explain.py`). A list is shorter, or empty, when fewer items point to it (always
+empty for popularity, whose scores ignore the history).
+
+The registered model is logged as code (`models/serving_code.py`, MLflow's "models from code"): loading
+it runs that file and reads the model file with torch.load(weights_only=True); nothing is unpickled.
 """
 from __future__ import annotations
 
@@ -29,6 +39,7 @@ from mlflow.types.schema import Array
 
 from models.base import Recommender
 from models.data import left_pad
+from models.explain import N_REASONS, Evidence, evidence_for, explain
 from models.registry import load_model
 
 DEFAULT_K = 10
@@ -161,38 +172,58 @@ def encode_requests(frame: pd.DataFrame, catalogue: Catalogue, reads: str,
     return read, seen
 
 
-def top_k(model: Recommender, read: list[np.ndarray], seen: list[np.ndarray], k: int, max_seq_len: int,
-          batch_size: int = BATCH_SIZE) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per row, (item_idx [<=k], score [<=k]) best first, never padding or a seen item.
+@dataclass(frozen=True)
+class Ranked:
+    """One request row's answer in item_idx: top items best first and the reasons for each."""
 
-    A row with fewer than k unseen items gets a shorter list.
+    items: np.ndarray  # [<=k] item_idx
+    scores: np.ndarray  # [<=k]
+    reason_items: list[np.ndarray]  # per item: [<=N_REASONS] item_idx of history items, best first
+    reason_scores: list[np.ndarray]  # per item: their evidence
+
+
+def top_k(model: Recommender, read: list[np.ndarray], seen: list[np.ndarray], k: int, max_seq_len: int,
+          batch_size: int = BATCH_SIZE, evidence: Evidence | None = None,
+          n_reasons: int = N_REASONS) -> list[Ranked]:
+    """Per row, its top k (never padding or a seen item) with reasons from the history it read.
+
+    A row with fewer than k unseen items gets a shorter list. evidence: the model's (`evidence_for`),
+    built here when not given.
     """
+    evidence = evidence if evidence is not None else evidence_for(model)
     results = []
     with torch.inference_mode():
         for start in range(0, len(read), batch_size):
             history = left_pad(read[start:start + batch_size], max_seq_len)  # [B, T]
             scores = model.score_all(history).float()  # [B, n_items]
+            history = history.to(scores.device)
             scores[:, 0] = float("-inf")
             chunk = seen[start:start + batch_size]
             rows = torch.as_tensor(np.repeat(np.arange(len(chunk)), [len(s) for s in chunk]))
             scores[rows, torch.as_tensor(np.concatenate(chunk))] = float("-inf")
             ranked = scores.topk(min(k, scores.shape[1]), dim=1)  # [B, K]
-            for values, items in zip(ranked.values.numpy(), ranked.indices.numpy()):
+            reasons = explain(evidence, history, ranked.indices, n_reasons)  # [B, K, R]
+            for values, items, why, how in zip(ranked.values.numpy(), ranked.indices.numpy(),
+                                               reasons.items.numpy(), reasons.scores.numpy()):
                 finite = np.isfinite(values)
-                results.append((items[finite], values[finite]))
+                results.append(Ranked(items[finite], values[finite], [r[r > 0] for r in why[finite]],
+                                      [s[r > 0] for r, s in zip(why[finite], how[finite])]))
     return results
 
 
 def recommend(model: Recommender, catalogue: Catalogue, frame: pd.DataFrame, k: int, reads: str,
-              max_seq_len: int, max_rows: int = MAX_ROWS) -> pd.DataFrame:
-    """One row per request row: item_ids (list[str]) and scores (list[float]) of its top k; else InvalidRequest."""
+              max_seq_len: int, max_rows: int = MAX_ROWS, evidence: Evidence | None = None) -> pd.DataFrame:
+    """One row per request row: item_ids (list[str]) and scores (list[float]) of its top k, and per item
+    reason_item_ids (list[list[str]]) and reason_scores (list[list[float]]); else InvalidRequest."""
     k = check_k(k, catalogue.n_items - 1)
     read, seen = encode_requests(frame, catalogue, reads, max_rows)
     ids = np.asarray(catalogue.item_ids, dtype=object)
-    ranked = top_k(model, read, seen, k, max_seq_len)
-    return pd.DataFrame({
-        "item_ids": [ids[items - 1].tolist() for items, _ in ranked],  # item_idx starts at 1
-        "scores": [values.astype(float).tolist() for _, values in ranked],
+    ranked = top_k(model, read, seen, k, max_seq_len, evidence=evidence)
+    return pd.DataFrame({  # item_idx starts at 1
+        "item_ids": [ids[row.items - 1].tolist() for row in ranked],
+        "scores": [row.scores.astype(float).tolist() for row in ranked],
+        "reason_item_ids": [[ids[why - 1].tolist() for why in row.reason_items] for row in ranked],
+        "reason_scores": [[how.astype(float).tolist() for how in row.reason_scores] for row in ranked],
     })
 
 
@@ -205,19 +236,34 @@ INPUT_DESCRIPTION = {
 
 
 def signature(default_k: int = DEFAULT_K) -> ModelSignature:
-    """Params k (so that params reach predict) and outputs item_ids and scores; no input schema.
+    """Params k (so that params reach predict) and the outputs (item_ids, scores, and their reasons); no input schema.
 
     MLflow would enforce an input schema before predict, with messages such as "Can not safely
     convert int64 to <U0"; our own validation names the row, column and ids instead.
     """
     return ModelSignature(
-        outputs=Schema([ColSpec(Array(DataType.string), "item_ids"), ColSpec(Array(DataType.double), "scores")]),
+        outputs=Schema([ColSpec(Array(DataType.string), "item_ids"), ColSpec(Array(DataType.double), "scores"),
+                        ColSpec(Array(Array(DataType.string)), "reason_item_ids"),
+                        ColSpec(Array(Array(DataType.double)), "reason_scores")]),
         params=ParamSchema([ParamSpec("k", DataType.long, default_k)]),
     )
 
 
+def as_frame(model_input: Any) -> pd.DataFrame:
+    """The request as a DataFrame: records arrive as one, columnar `inputs` as a dict of columns."""
+    if isinstance(model_input, pd.DataFrame):
+        return model_input
+    if isinstance(model_input, dict):
+        try:
+            return pd.DataFrame({name: list(column) for name, column in model_input.items()})
+        except (TypeError, ValueError) as error:
+            raise InvalidRequest(f"input columns must have one value per row: {error}") from None
+    raise InvalidRequest(f"input must be records or columns with a 'history' list per row; "
+                         f"got {type(model_input).__name__}")
+
+
 class TopKRecommender(mlflow.pyfunc.PythonModel):
-    """MLflow pyfunc over a saved recommender: item-id histories in, top-K unseen item ids and scores out.
+    """MLflow pyfunc over a saved recommender: item-id histories in, top-K unseen item ids, scores and reasons out.
 
     Artifacts: `model` (a file written by `model.save`), `items` (catalogue JSON, see `read_catalogue`),
     `meta` (JSON: name, kind, reads, max_seq_len, default_k).
@@ -232,15 +278,14 @@ class TopKRecommender(mlflow.pyfunc.PythonModel):
                              f"{self.model.n_items - 1}: they come from different data")
         # A neural model's own window wins: its position embeddings are sized for it.
         self.max_seq_len = int(getattr(self.model, "max_seq_len", None) or self.meta.get("max_seq_len") or 50)
+        self.evidence = evidence_for(self.model)  # keeps its per-item tables between requests
 
     def predict(self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame,
                 params: dict[str, Any] | None = None) -> pd.DataFrame:
         """Top-k unseen items of each row's history; INVALID_PARAMETER_VALUE (HTTP 400) on a bad request."""
-        if not isinstance(model_input, pd.DataFrame):
-            model_input = pd.DataFrame(model_input)
         k = (params or {}).get("k", self.meta.get("default_k", DEFAULT_K))
         try:
-            return recommend(self.model, self.catalogue, model_input, k, self.meta.get("reads", "all"),
-                             self.max_seq_len)
+            return recommend(self.model, self.catalogue, as_frame(model_input), k, self.meta.get("reads", "all"),
+                             self.max_seq_len, evidence=self.evidence)
         except InvalidRequest as error:
             raise MlflowException.invalid_parameter_value(str(error)) from None

@@ -19,7 +19,7 @@ from models.metrics import compute_metrics
 from models.registry import load_model
 from models.transfer_data import keep_items
 from tasks import schemas
-from tasks.io import CacheDir, TableRef, fingerprint_text, read_table, write_parquet
+from tasks.io import CacheDir, TableRef, fingerprint_text, inside, read_table, write_parquet
 from tasks.preprocessing import PreparedData
 from tasks.training import TrainedModel
 from tasks.transfer import input_data, load_views, only_test_users
@@ -158,7 +158,8 @@ def evaluate_trained(prepared: PreparedData, trained: TrainedModel, cfg: Evaluat
                                & (pl.col("metric") == "ndcg") & (pl.col("k") == k))
     log.info("evaluated %s on %d test users: test NDCG@%d %.4f", trained.name, len(data.users_with_targets("test")), k,
              test_ndcg["value"].item())
-    return write_parquet(metrics, cache_root / f"evaluate-{trained.name}-{key}" / "metrics.parquet")
+    return write_parquet(metrics, inside(cache_root, f"evaluate-{trained.name}-{key}", setting="models.name")
+                         / "metrics.parquet")
 
 
 def score_report_users(prepared: PreparedData, trained: TrainedModel, scenario: ScenarioConfig,

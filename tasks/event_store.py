@@ -2,12 +2,15 @@
 
 Layout of `<output.root>/event_store/<config name>/`:
   interactions.parquet, items.parquet, users.parquet   the raw tables (ingestion's contract)
-  manifest.json                                        appended batches: file, fingerprint, rows added
+  manifest.json                                        appended batches: file, fingerprint, rows added;
+                                                       the id of the pseudonym key (null: raw user ids)
 
 The store starts as a copy of the configured dataset's ingested tables. Each new batch (a generic
 event log, validated by the events adapter) is deduplicated within itself and against the store on
 (user_id, item_id, timestamp), then appended; new items and users get rows of their own. Every file
 is replaced atomically, the manifest last, so an interrupted append leaves the previous store intact.
+With `privacy.pseudonymize_users` each batch's user ids are pseudonymised with the store's key before
+anything else, so they match the stored ones; a store never mixes two keys, or pseudonyms and raw ids.
 One writer at a time: scheduled retraining runs one after another.
 """
 from __future__ import annotations
@@ -23,11 +26,12 @@ import polars as pl
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from conf.schema import EventLogConfig
+from conf.schema import EventLogConfig, PrivacyConfig
 from tasks import schemas
 from tasks.adapters import events as event_log
 from tasks.ingestion import RawTables, validate_raw
-from tasks.io import TableRef, atomic_path, fingerprint_file, write_json, write_parquet
+from tasks.io import TableRef, atomic_path, fingerprint_file, inside, write_json, write_parquet
+from tasks.privacy import key_id, pseudonym_key, pseudonymize_frames
 
 log = logging.getLogger(__name__)
 EVENT_KEY = ["user_id", "item_id", "timestamp"]
@@ -77,10 +81,12 @@ def align(frame: pl.DataFrame, like: pl.Schema) -> pl.DataFrame:
     ])
 
 
-def append_batch(store: Path, batch: EventLogConfig) -> StoreUpdate:
-    """Validate a batch of new events and append what the store does not hold yet."""
+def append_batch(store: Path, batch: EventLogConfig, key: bytes | None = None) -> StoreUpdate:
+    """Validate a batch of new events and append what the store does not hold yet (user ids pseudonymised
+    with `key` first, when given: the store's key, see `check_store_key`)."""
     frames = event_log.load(batch)
     validate_raw(frames.interactions, frames.items, frames.users, frames.origin)
+    frames = pseudonymize_frames(frames, key)
     current = pl.read_parquet(store / "interactions.parquet")
     incoming = align(frames.interactions.collect(), current.schema)
     unique = incoming.unique(subset=EVENT_KEY, keep="first", maintain_order=True)
@@ -113,8 +119,8 @@ def append_batch(store: Path, batch: EventLogConfig) -> StoreUpdate:
 
 
 def store_dir(root: str, config_name: str) -> Path:
-    """The event store of a config: <output.root>/event_store/<config name>."""
-    return Path(root).resolve() / "event_store" / config_name
+    """The event store of a config: <output.root>/event_store/<config name> (ValueError if the name leads out of it)."""
+    return inside(root, "event_store", config_name, setting="name")
 
 
 def new_batches(store: Path, new_events: EventLogConfig | None) -> list[EventLogConfig]:
@@ -137,12 +143,35 @@ def new_batches(store: Path, new_events: EventLogConfig | None) -> list[EventLog
             if fingerprint_file(path) not in done]
 
 
-def update_store(store: Path, base: RawTables, batches: list[EventLogConfig]) -> StoreUpdate:
-    """Create the store from the dataset if needed, then append each batch in order."""
+def check_store_key(store: Path, key: bytes | None, created: bool) -> None:
+    """Record the pseudonym key's id in a store just created; otherwise raise ValueError unless the store's
+    user ids were made with the same key (or, without a key, are raw: a store from before has no key id)."""
+    manifest = read_manifest(store)
+    wanted = key_id(key)
+    if created:
+        write_json(manifest | {"pseudonym_key_id": wanted}, store / MANIFEST)
+        return
+    held = manifest.get("pseudonym_key_id")
+    if held != wanted:
+        def ids(identity: str | None) -> str:
+            return f"pseudonyms of key id {identity}" if identity else "raw user ids"
+
+        raise ValueError(f"event store {store}: holds {ids(held)}, but this run's config gives {ids(wanted)} "
+                         "(privacy.pseudonymize_users and its key); one store never mixes the two: restore the "
+                         "key or setting, or use another output.root or config name")
+
+
+def update_store(store: Path, base: RawTables, batches: list[EventLogConfig],
+                 privacy: PrivacyConfig | None = None) -> StoreUpdate:
+    """Create the store from the dataset if needed, then append each batch in order (user ids pseudonymised
+    as `privacy` says, with the key the store was created with)."""
+    key = pseudonym_key(privacy)
+    created = not (store / MANIFEST).exists()
     initialise_store(store, base)
+    check_store_key(store, key, created)
     added = duplicates = new_items = new_users = 0
     for batch in batches:
-        update = append_batch(store, batch)
+        update = append_batch(store, batch, key)
         added, duplicates = added + update.added, duplicates + update.duplicates
         new_items, new_users = new_items + update.new_items, new_users + update.new_users
     total = pl.scan_parquet(store / "interactions.parquet").select(pl.len()).collect().item()

@@ -1,8 +1,10 @@
 """Ingestion: bring a dataset's raw tables (interactions, items, users) into the run as Parquet.
 
 Each source is an adapter in `tasks/adapters/` returning lazy frames (see its contract); this
-module validates them and streams them to Parquet once per (config, seed, input files) into a
-content-addressed folder, so every later stage reads the same files.
+module validates them and streams them to Parquet once per (config, seed, input files, pseudonym key
+id) into a content-addressed folder, so every later stage reads the same files. With
+`privacy.pseudonymize_users` the user ids are replaced here by keyed hashes (tasks/privacy.py), so no
+later stage sees a raw one.
 """
 from __future__ import annotations
 
@@ -14,10 +16,11 @@ import polars as pl
 from prefect import get_run_logger, task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
-from conf.schema import DataConfig
+from conf.schema import DataConfig, PrivacyConfig
 from tasks import schemas
-from tasks.adapters import RawFrames
+from tasks.adapters import DownloadError, RawFrames
 from tasks.io import CacheDir, TableRef, atomic_path, fingerprint_file, fingerprint_text
+from tasks.privacy import key_id, pseudonym_key, pseudonymize_frames
 from tasks.synthetic import generate_shop
 
 
@@ -89,12 +92,17 @@ def sink_parquet(frame: pl.LazyFrame, path: Path) -> TableRef:
     return TableRef(str(path), fingerprint_file(path))
 
 
-def ingest_dataset(cfg: DataConfig, seed: int, cache_root: Path) -> RawTables:
-    """Load, validate and write the configured dataset's raw tables."""
+def ingest_dataset(cfg: DataConfig, seed: int, cache_root: Path, privacy: PrivacyConfig | None = None) -> RawTables:
+    """Load, validate and write the configured dataset's raw tables (user ids pseudonymised when `privacy`
+    says so; the key's id, never the key, then names the folder)."""
+    key = pseudonym_key(privacy)
     frames = load_frames(cfg, seed)
     validate_raw(frames.interactions, frames.items, frames.users, frames.origin)
-    key = fingerprint_text(cfg.model_dump(mode="json"), seed, source_fingerprint(cfg))
-    out_dir = cache_root / f"ingest-{key}"
+    frames = pseudonymize_frames(frames, key)
+    parts = (cfg.model_dump(mode="json"), seed, source_fingerprint(cfg))
+    if key is not None:  # only then: the folders of runs without pseudonyms keep their names
+        parts += (f"pseudonyms:{key_id(key)}",)
+    out_dir = cache_root / f"ingest-{fingerprint_text(*parts)}"
     return RawTables(
         interactions=sink_parquet(frames.interactions, out_dir / "interactions.parquet"),
         items=sink_parquet(frames.items, out_dir / "items.parquet"),
@@ -102,11 +110,26 @@ def ingest_dataset(cfg: DataConfig, seed: int, cache_root: Path) -> RawTables:
     )
 
 
-# `files` (the input files' fingerprint) is an argument only so that it enters the cache key.
-@task(name="ingest", retries=2, retry_delay_seconds=5, cache_policy=INPUTS + TASK_SOURCE, persist_result=True)
-def ingest(cfg: DataConfig, seed: int, cache: CacheDir, files: str = "") -> RawTables:
+def retry_unless_bad_input(task, task_run, state) -> bool:
+    """Retry condition of `ingest`: retry downloads and other transient failures, never bad input.
+
+    A malformed file fails the same way on every try; retrying it only delays the error by the
+    retry delays. A failed download (DownloadError) is bad input that a retry may cure.
+    """
+    error = state.data
+    return isinstance(error, DownloadError) or not isinstance(error, ValueError)
+
+
+# `files` (the input files' fingerprint) and `pseudonym_key_id` (the key's id, None without pseudonyms) are
+# arguments only so that they enter the cache key: the key itself never does.
+@task(name="ingest", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_bad_input,
+      cache_policy=INPUTS + TASK_SOURCE, persist_result=True)
+def ingest(cfg: DataConfig, seed: int, cache: CacheDir, files: str = "", privacy: PrivacyConfig | None = None,
+           pseudonym_key_id: str | None = None) -> RawTables:
     """Prefect task: ingest the configured dataset (retried: real sources may be downloads)."""
-    raw = ingest_dataset(cfg, seed, cache.path)
+    raw = ingest_dataset(cfg, seed, cache.path, privacy)
     rows = pl.scan_parquet(raw.interactions.path).select(pl.len()).collect().item()
-    get_run_logger().info("ingested %s: %d interactions -> %s", cfg.source, rows, Path(raw.interactions.path).parent)
+    pseudonyms = f", user ids pseudonymised (key id {pseudonym_key_id})" if pseudonym_key_id else ""
+    get_run_logger().info("ingested %s: %d interactions -> %s%s", cfg.source, rows,
+                          Path(raw.interactions.path).parent, pseudonyms)
     return raw

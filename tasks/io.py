@@ -1,8 +1,10 @@
 """Schema-checked reads and atomic writes of the tables and files that cross stages."""
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -14,6 +16,8 @@ from typing import Any
 import polars as pl
 
 from tasks.schemas import DataError, check_schema
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,43 @@ def open_cache_dir(path: Path) -> CacheDir:
         except FileExistsError:
             pass
     return CacheDir(path, marker.read_text(encoding="utf-8").strip())
+
+
+def inside(root: str | Path, *parts: str, setting: str) -> Path:
+    """`root/parts...` as an absolute path, checked to stay strictly inside root.
+
+    Names from config (run names, config and model names) become folder names; this is where a
+    name such as `../x`, `/etc` or `.` is stopped. The check is on the names, not the disk: a
+    symlink placed inside root on purpose (a cache on another disk) still counts as inside.
+    Raises ValueError naming `setting` when the path would leave root or be root itself.
+    """
+    base = Path(root).resolve()
+    path = Path(os.path.normpath(base.joinpath(*parts)))
+    if path == base or base not in path.parents:
+        shown = "/".join(str(part) for part in parts)
+        raise ValueError(f"{setting}: {shown!r} must name a folder inside {base}, "
+                         "without '..', path separators at the start or '.' alone")
+    return path
+
+
+@contextmanager
+def file_lock(path: Path, what: str = "") -> Iterator[None]:
+    """Hold an exclusive lock on `path` (created if missing) for the block; wait while another process holds it.
+
+    An OS lock (flock): the kernel releases it when its holder exits, even on SIGKILL, so a crashed
+    run never leaves a stale lock behind. The lock file itself stays (deleting it would race).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for another run holding %s%s", path, f" ({what})" if what else "")
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 @contextmanager

@@ -40,7 +40,7 @@ from prefect.cache_policies import NO_CACHE
 
 from conf.schema import PipelineConfig
 from models.serving import (DEFAULT_K, INPUT_DESCRIPTION, ITEMS_ARTIFACT, META_ARTIFACT, MODEL_ARTIFACT,
-                            TopKRecommender, read_catalogue, signature)
+                            read_catalogue, signature)
 from tasks import schemas
 from tasks.io import read_table, write_json
 from tasks.preprocessing import PreparedData
@@ -52,6 +52,9 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # Our code travels with the model (MLflow puts code_paths first on sys.path when loading), so a
 # registered version keeps serving the code it was trained with, from any checkout.
 CODE_PATHS = [str(PROJECT_ROOT / "models"), str(PROJECT_ROOT / "conf")]
+# The pyfunc is logged as code, not as a pickled object: loading runs this file (which builds a
+# TopKRecommender), so neither logging nor loading a registered version pickles anything.
+MODEL_CODE = PROJECT_ROOT / "models" / "serving_code.py"
 # Packages the models import (recorded in requirements.txt; `--env-manager local` serves from the current env).
 SERVING_PACKAGES = ["mlflow", "torch", "pytorch-lightning", "transformers", "scipy", "numpy", "pandas", "pydantic",
                     "pyyaml"]
@@ -110,6 +113,8 @@ def log_recommender(tracking_uri: str, run_id: str, artifacts: dict[str, str], n
     """Log the packaged artifacts as a TopKRecommender pyfunc output of the run; its model URI (models:/<id>).
 
     Thread-safe: the client API only, as `mlflow.pyfunc.log_model` would need the fluent active run.
+    The pyfunc is logged as code (MODEL_CODE, MLflow's "models from code"), so no python_model.pkl
+    is written and loading it unpickles nothing; the model file loads with weights_only=True.
     """
     client = MlflowClient(tracking_uri)
     run = client.get_run(run_id)
@@ -120,7 +125,7 @@ def log_recommender(tracking_uri: str, run_id: str, artifacts: dict[str, str], n
             local = Path(temporary) / "model"
             description = Model(artifact_path=logged.artifact_location, model_uuid=logged.model_id, run_id=run_id,
                                 model_id=logged.model_id)
-            mlflow.pyfunc.save_model(local, python_model=TopKRecommender(), artifacts=artifacts,
+            mlflow.pyfunc.save_model(local, python_model=str(MODEL_CODE), artifacts=artifacts,
                                      signature=signature(default_k), code_paths=CODE_PATHS,
                                      pip_requirements=serving_requirements(), mlflow_model=description,
                                      metadata={"input": INPUT_DESCRIPTION,

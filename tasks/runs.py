@@ -3,7 +3,8 @@
 Output contract of a run folder (scripts and schedulers rely on it):
   config.yaml               the resolved config
   metrics.csv               scenario, model, split, group, metric, k, value
-  recommendations.parquet   user_id, item_id, rank, score  (and the same as .csv)
+  recommendations.parquet   user_id, item_id, rank, score, reason_item_ids, reason_scores
+                            (and .csv, reasons ';'-joined)
   run.json                  MLflow run id and tracking URI, paths, counts
   transfer_gain.csv         transfer runs: scenario, model, target_fraction, subset, metric, k, value,
                             baseline_model, baseline_value, rel_gain, ci_low, ci_high, n_users
@@ -16,6 +17,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,7 +31,8 @@ from conf.schema import PipelineConfig
 from tasks import schemas, tracking
 from tasks.evaluation import metric_key
 from tasks.export import ExportedRecommendations
-from tasks.io import CacheDir, TableRef, fingerprint_text, open_cache_dir, read_table, write_csv, write_json, write_text
+from tasks.io import (CacheDir, TableRef, file_lock, fingerprint_text, inside, open_cache_dir, read_table, write_csv,
+                      write_json, write_text)
 from tasks.plots import plot_model_metrics
 from tasks.preprocessing import PreparedData
 from tasks.training import TrainedModel
@@ -57,14 +60,30 @@ def new_run_name(config_name: str) -> str:
     return f"{config_name}-{stamp}-{secrets.token_hex(3)}"
 
 
+def store_setup_lock(tracking_uri: str) -> AbstractContextManager:
+    """A lock beside a local sqlite MLflow store, held while a run first touches it: two runs starting at once
+    on a new store would otherwise both create its tables, and MLflow's migrations fail in one of them."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return nullcontext()
+    database = Path(tracking_uri.removeprefix("sqlite:///"))
+    return file_lock(database.with_name(f"{database.name}.lock"), "MLflow store setup")
+
+
 def open_run_folder(config: PipelineConfig, flow_run_id: str | None = None) -> RunContext:
     """Create the run folder with config.yaml, and the MLflow run with a nested run per model."""
     root = Path(config.output.root).resolve()
     name = config.output.run_name or new_run_name(config.name)
-    run_dir = root / name
-    if run_dir.exists():
-        raise FileExistsError(f"output.run_name: run folder {run_dir} already exists; choose another name")
-    run_dir.mkdir(parents=True)
+    # The folder name comes from parameters (output.run_name, or the config's name): one folder level
+    # directly under the output root, never a way out of it.
+    setting = "output.run_name" if config.output.run_name else "name"
+    run_dir = inside(root, name, setting=setting)
+    if run_dir.parent != root:
+        raise ValueError(f"{setting}: {name!r} must be a single folder name (no path separators)")
+    root.mkdir(parents=True, exist_ok=True)
+    try:  # exclusive: of two runs given the same name at once, one gets the folder, the other this error
+        run_dir.mkdir()
+    except FileExistsError:
+        raise FileExistsError(f"output.run_name: run folder {run_dir} already exists; choose another name") from None
     write_text(dump_config(config), run_dir / "config.yaml")
 
     uri = tracking.resolve_tracking_uri(config.tracking)
@@ -77,8 +96,9 @@ def open_run_folder(config: PipelineConfig, flow_run_id: str | None = None) -> R
         "git_commit": tracking.git_commit(),
         "run_dir": str(run_dir),
     } | ({"prefect_flow_run_id": flow_run_id} if flow_run_id else {})
-    parent = tracking.start_run(uri, config.tracking.experiment, name,
-                                tracking.flatten(config.model_dump(mode="json")), tags)
+    with store_setup_lock(uri):
+        parent = tracking.start_run(uri, config.tracking.experiment, name,
+                                    tracking.flatten(config.model_dump(mode="json")), tags)
     tracking.log_files(uri, parent, [run_dir / "config.yaml"])
     children = {
         planned.label: tracking.start_run(

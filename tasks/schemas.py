@@ -25,7 +25,10 @@ SEQUENCES = {
     "test": pl.List(pl.Int32),
     "context": pl.List(pl.Int32),
 }
-RECOMMENDATIONS = {"user_id": pl.String, "item_id": pl.String, "rank": pl.Int32, "score": pl.Float64}
+RECOMMENDATIONS = {"user_id": pl.String, "item_id": pl.String, "rank": pl.Int32, "score": pl.Float64,
+                   # Why: the user's history items that point to the item most, best first, with their evidence
+                   # (models/explain.py); empty lists when none does (always, for popularity).
+                   "reason_item_ids": pl.List(pl.String), "reason_scores": pl.List(pl.Float64)}
 METRICS = {
     "scenario": pl.String,
     "model": pl.String,

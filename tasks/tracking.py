@@ -20,9 +20,15 @@ MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
 BATCH_LIMIT = 100  # MLflow's limit on params per log_batch call
 
 
+# The user's MLFLOW_TRACKING_URI, read once at import: MLflow's own `set_tracking_uri` (which Lightning's
+# MLFlowLogger calls during a fit) writes the variable into os.environ, and reading it later would send
+# every following run of a long-lived process (itx serve, itx demo, tests) to the first run's store.
+USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
+
+
 def resolve_tracking_uri(cfg: TrackingConfig) -> str:
-    """MLFLOW_TRACKING_URI if set, else the configured URI, else sqlite:///<cwd>/mlflow.db."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking_uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    """MLFLOW_TRACKING_URI as set when the process started, else the configured URI, else sqlite:///<cwd>/mlflow.db."""
+    return USER_TRACKING_URI or cfg.tracking_uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
 def ensure_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str:

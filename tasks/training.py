@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -10,6 +11,8 @@ import pytorch_lightning as pl
 import torch
 from prefect import task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
+from prefect.context import TaskRunContext
+from prefect.settings import PREFECT_TASKS_REFRESH_CACHE
 from pytorch_lightning.loggers import Logger, MLFlowLogger
 
 from conf.schema import (MAPPING_KINDS, ExecutionConfig, ExportConfig, OutputConfig, PipelineConfig, PlannedModel,
@@ -18,11 +21,13 @@ from models.base import FitSummary, Recommender, SequentialRecommender
 from models.data import SequenceData
 from models.registry import MODEL_CLASSES, build_model
 from models.transfer_data import TransferViews, reads_of
-from tasks.io import CacheDir, TableRef, atomic_path, fingerprint_file, fingerprint_text, write_json
+from tasks.io import (CacheDir, TableRef, atomic_path, file_lock, fingerprint_file, fingerprint_text, inside,
+                      write_json)
 from tasks.preprocessing import PreparedData, load_sequence_data  # noqa: F401 (re-exported)
 from tasks.transfer import item_text_tensor, load_views
 
 log = logging.getLogger(__name__)
+TRAINED_RECORD = "trained.json"  # beside model.pt: how its training went; written last, so it marks a finished model
 
 
 @dataclass(frozen=True)
@@ -74,17 +79,19 @@ def pretrain_on_source(model: Recommender, views: TransferViews, train: TrainCon
     """Fit on the source view, or load the weights a previous fit left in pretrain_dir.
 
     The source view does not depend on the target fraction, so a sweep over fractions pre-trains
-    once and fine-tunes from the same weights for every fraction.
+    once and fine-tunes from the same weights for every fraction. One process at a time pre-trains
+    into a folder; another one asking for it waits, then reuses the weights.
     """
     weights, summary_file = pretrain_dir / "pretrained.pt", pretrain_dir / "summary.json"
-    if weights.exists() and summary_file.exists():
-        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        log.info("pre-trained weights reused from %s", weights)
-        return FitSummary(**json.loads(summary_file.read_text()))
-    summary = model.fit(views.source, train, seed, loggers=loggers, checkpoint_dir=pretrain_dir / "checkpoints")
-    with atomic_path(weights) as temporary:
-        torch.save({k: v.cpu() for k, v in model.state_dict().items()}, temporary)
-    write_json(asdict(summary), summary_file)
+    with file_lock(lock_file(pretrain_dir), "pre-training on the source"):
+        if weights.exists() and summary_file.exists():
+            model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+            log.info("pre-trained weights reused from %s", weights)
+            return FitSummary(**json.loads(summary_file.read_text()))
+        summary = model.fit(views.source, train, seed, loggers=loggers, checkpoint_dir=pretrain_dir / "checkpoints")
+        with atomic_path(weights) as temporary:
+            torch.save({k: v.cpu() for k, v in model.state_dict().items()}, temporary)
+        write_json(asdict(summary), summary_file)  # last: marks the pre-training finished
     return summary
 
 
@@ -107,22 +114,33 @@ def fit_regime(model: Recommender, regime: str, data: SequenceData, views: Trans
                       pretrained.seconds + finetuned.seconds)
 
 
+def lock_file(folder: Path) -> Path:
+    """The lock file guarding a cache folder: a sibling, so that it outlives the folder's contents."""
+    return folder.with_name(f"{folder.name}.lock")
+
+
+def discard_once(folder: Path) -> None:
+    """Delete a cache folder's contents (a refresh), at most once per process: the later target fractions
+    of a sweep reuse the pre-training that this process's first fraction just redid."""
+    if folder not in _discarded:
+        _discarded.add(folder)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+_discarded: set[Path] = set()
+
+
 def train_recommender(prepared: PreparedData, planned: PlannedModel, config: PipelineConfig, cache_root: Path,
                       item_text: TableRef | None = None, tracking_uri: str | None = None,
-                      mlflow_run_id: str | None = None) -> TrainedModel:
-    """Fit the planned model (curves to the given MLflow run) and save it under cache_root."""
+                      mlflow_run_id: str | None = None, refresh: bool = False) -> TrainedModel:
+    """Fit the planned model (curves to the given MLflow run) and save it under cache_root.
+
+    Safe to run again after a crash and from several processes at once: one process at a time trains
+    into the model's cache folder (the others wait), a finished model found there is returned as is,
+    and an interrupted fit resumes from its last checkpoint. refresh: train from scratch instead.
+    """
     model_cfg, seed = planned.model, config.seed
     regime = regime_of(model_cfg)
-    views = (load_views(prepared, config.scenario, config.transfer, planned.target_fraction, seed)
-             if config.is_transfer() else None)
-    data = load_sequence_data(prepared) if views is None else None
-    vectors = item_text_tensor(item_text) if item_text is not None and model_cfg.kind == "bert_transfer" else None
-    # Seed before the model is built: weight initialisation draws from the global generator too.
-    pl.seed_everything(seed, workers=True)
-    model = build_model(model_cfg.kind, prepared.n_items,
-                        model_options(planned, config, vectors.shape[1] if vectors is not None else None))
-    if vectors is not None:
-        model.attach_item_text(vectors)
     # Everything the source stage depends on, and nothing of the target fraction: a fraction sweep
     # pre-trains once. The trained model's own key adds the fraction.
     pretrain_key = fingerprint_text(prepared.sequences.fingerprint, model_cfg.model_dump(mode="json"),
@@ -130,17 +148,49 @@ def train_recommender(prepared: PreparedData, planned: PlannedModel, config: Pip
                                     config.scenario.model_dump(), config.transfer.cold_start_fraction,
                                     config.text.model_dump(), item_text.fingerprint if item_text else None)
     key = fingerprint_text(pretrain_key, planned.target_fraction)
-    out_dir = cache_root / f"train-{model_cfg.name}-{key}"
-    loggers = [MLFlowLogger(tracking_uri=tracking_uri, run_id=mlflow_run_id)] if mlflow_run_id else []
-    summary = fit_regime(model, regime, data, views, config.train, seed, loggers, out_dir / "checkpoints",
-                         cache_root / f"pretrain-{model_cfg.name}-{pretrain_key}")
-    model_path = out_dir / "model.pt"
-    model.save(model_path)
+    # Folder names carry the model's configured name: it must not lead out of the cache.
+    out_dir = inside(cache_root, f"train-{model_cfg.name}-{key}", setting=f"models: name {model_cfg.name!r}")
+    pretrain_dir = inside(cache_root, f"pretrain-{model_cfg.name}-{pretrain_key}",
+                          setting=f"models: name {model_cfg.name!r}")
+    model_path, record_path = out_dir / "model.pt", out_dir / TRAINED_RECORD
+    with file_lock(lock_file(out_dir), f"training {planned.label}"):
+        if refresh:
+            with file_lock(lock_file(pretrain_dir), "pre-training on the source"):
+                discard_once(pretrain_dir)
+            discard_once(out_dir)
+        if model_path.is_file() and record_path.is_file():
+            # Trained before (by a run killed before Prefect stored its result, or by a concurrent run).
+            record = json.loads(record_path.read_text(encoding="utf-8"))
+            log.info("trained %s reused from %s (trained in MLflow run %s)", planned.label, out_dir,
+                     record["training_run_id"])
+            summary = FitSummary(record["epochs"], record["best_valid_ndcg"], record["seconds"])
+            return trained_model(planned, regime, config, model_path, summary, record["training_run_id"])
+        views = (load_views(prepared, config.scenario, config.transfer, planned.target_fraction, seed)
+                 if config.is_transfer() else None)
+        data = load_sequence_data(prepared) if views is None else None
+        vectors = item_text_tensor(item_text) if item_text is not None and model_cfg.kind == "bert_transfer" else None
+        # Seed before the model is built: weight initialisation draws from the global generator too.
+        pl.seed_everything(seed, workers=True)
+        model = build_model(model_cfg.kind, prepared.n_items,
+                            model_options(planned, config, vectors.shape[1] if vectors is not None else None))
+        if vectors is not None:
+            model.attach_item_text(vectors)
+        loggers = [MLFlowLogger(tracking_uri=tracking_uri, run_id=mlflow_run_id)] if mlflow_run_id else []
+        summary = fit_regime(model, regime, data, views, config.train, seed, loggers, out_dir / "checkpoints",
+                             pretrain_dir)
+        model.save(model_path)
+        write_json(asdict(summary) | {"training_run_id": mlflow_run_id}, record_path)  # last: marks it finished
     log.info("trained %s (%s, %s): %d epochs, best valid NDCG@10 %s, %.1f s", planned.label, model_cfg.kind, regime,
              summary.epochs, summary.best_valid_ndcg, summary.seconds)
-    return TrainedModel(planned.label, model_cfg.kind, TableRef(str(model_path), fingerprint_file(model_path)),
-                        summary.epochs, summary.best_valid_ndcg, summary.seconds, mlflow_run_id,
-                        config_name=model_cfg.name, train_on=regime,
+    return trained_model(planned, regime, config, model_path, summary, mlflow_run_id)
+
+
+def trained_model(planned: PlannedModel, regime: str, config: PipelineConfig, model_path: Path, summary: FitSummary,
+                  training_run_id: str | None) -> TrainedModel:
+    """The TrainedModel record of a saved model file."""
+    return TrainedModel(planned.label, planned.model.kind, TableRef(str(model_path), fingerprint_file(model_path)),
+                        summary.epochs, summary.best_valid_ndcg, summary.seconds, training_run_id,
+                        config_name=planned.model.name, train_on=regime,
                         reads="source" if regime == "mapping" else reads_of(regime, config.scenario.partition),
                         target_fraction=planned.target_fraction)
 
@@ -152,4 +202,13 @@ def train(prepared: PreparedData, planned: PlannedModel, config: PipelineConfig,
           item_text: TableRef | None = None, tracking_uri: str | None = None,
           mlflow_run_id: str | None = None) -> TrainedModel:
     """Prefect task: train one model."""
-    return train_recommender(prepared, planned, config, cache.path, item_text, tracking_uri, mlflow_run_id)
+    return train_recommender(prepared, planned, config, cache.path, item_text, tracking_uri, mlflow_run_id,
+                             refresh=refresh_requested())
+
+
+def refresh_requested() -> bool:
+    """Whether this task run was asked to recompute instead of reusing cached results (`itx run --refresh-cache`)."""
+    context = TaskRunContext.get()
+    if context is not None and context.task.refresh_cache is not None:
+        return context.task.refresh_cache
+    return bool(PREFECT_TASKS_REFRESH_CACHE.value())

@@ -10,3 +10,14 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.pop("PREFECT_API_URL", None)
 os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_tracking_uri():
+    """MLflow writes MLFLOW_TRACKING_URI into os.environ when a run sets it (Lightning's MLFlowLogger does):
+    drop it after each test so subprocesses started by later tests do not inherit another test's store."""
+    yield
+    os.environ.pop("MLFLOW_TRACKING_URI", None)

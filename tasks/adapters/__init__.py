@@ -16,6 +16,8 @@ from pathlib import Path
 
 import polars as pl
 
+from tasks.schemas import DataError
+
 
 @dataclass(frozen=True)
 class RawFrames:
@@ -25,6 +27,10 @@ class RawFrames:
     items: pl.LazyFrame
     users: pl.LazyFrame
     origin: str
+
+
+class DownloadError(DataError):
+    """A dataset download that failed or arrived corrupt: unlike other bad input, worth retrying."""
 
 
 def empty_users(interactions: pl.LazyFrame) -> pl.LazyFrame:
@@ -43,8 +49,6 @@ def items_without_text(interactions: pl.LazyFrame, domain: str = "default") -> p
 
 def require_files(*paths: Path, hint: str) -> None:
     """Raise DataError naming the first missing file, with where to get it."""
-    from tasks.schemas import DataError
-
     for path in paths:
         if path.is_dir():
             raise DataError(f"{path}: is a directory, expected a file. {hint}")

@@ -24,8 +24,8 @@ from pathlib import Path
 import polars as pl
 
 from conf.schema import AmazonConfig
-from tasks.adapters import RawFrames, empty_users
-from tasks.adapters.files import open_text
+from tasks.adapters import DownloadError, RawFrames, empty_users
+from tasks.adapters.files import has_content, not_utf8_message, open_text
 from tasks.io import atomic_path
 from tasks.schemas import DataError
 
@@ -152,6 +152,9 @@ def load(cfg: AmazonConfig) -> RawFrames:
 def scan_reviews(path: Path, edition: Edition) -> pl.LazyFrame:
     """Checked lazy interactions of one reviews file: user_id, item_id, timestamp (s), rating."""
     text = open_text(path)
+    if not has_content(text):
+        raise DataError(f"{path}: empty file, expected one JSON review object per line with fields "
+                        f"{edition.user}, {edition.item}, {edition.rating}, {edition.time}")
     raw = pl.scan_ndjson(
         text,
         # All as text: ids keep leading zeros, and a malformed value becomes a reportable line
@@ -261,6 +264,9 @@ def check_lines(path: Path, text: Path, raw: pl.LazyFrame, problems: list[Proble
     try:
         first = lines.select(firsts).collect(engine="streaming")
     except pl.exceptions.PolarsError as error:
+        message = not_utf8_message(path, text)
+        if message is not None:
+            raise DataError(message) from error
         line = first_non_json_line(text)
         if line is not None:
             raise DataError(f"{path}: line {line} is not valid JSON (expected one JSON object per line)") from error
@@ -273,13 +279,14 @@ def check_lines(path: Path, text: Path, raw: pl.LazyFrame, problems: list[Proble
 
 
 def first_non_json_line(path: Path) -> int | None:
-    """Number of the first non-blank line that does not parse as JSON (a linear scan, run only after a failure)."""
+    """Number of the first non-blank line that is not a JSON object (a linear scan, run only after a failure)."""
     with path.open("rb") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
             try:
-                json.loads(line)
+                if not isinstance(json.loads(line), dict):
+                    return number
             except ValueError:
                 return number
     return None
@@ -306,7 +313,7 @@ def download(cfg: AmazonConfig) -> None:
 
 
 def fetch(urls: list[str], target: Path) -> None:
-    """Download the first URL that answers to `target`, atomically; DataError when none does."""
+    """Download the first URL that answers to `target`, atomically; DownloadError when none does."""
     failures = []
     for url in urls:
         log.info("downloading %s -> %s", url, target)
@@ -317,4 +324,4 @@ def fetch(urls: list[str], target: Path) -> None:
             return
         except OSError as error:  # URLError and HTTPError are OSErrors
             failures.append(f"{url}: {error}")
-    raise DataError(f"{target}: download failed from every mirror: {'; '.join(failures)}")
+    raise DownloadError(f"{target}: download failed from every mirror: {'; '.join(failures)}")

@@ -20,7 +20,7 @@ import polars as pl
 
 from conf.schema import EventLogConfig
 from tasks.adapters import RawFrames, empty_users, require_files
-from tasks.adapters.files import LINE, open_text
+from tasks.adapters.files import LINE, first_ragged_line, not_utf8_message, open_text
 from tasks.schemas import DataError
 
 TEXT_SEPARATORS = {".csv": ",", ".tsv": "\t"}
@@ -46,6 +46,16 @@ class Table:
     rows: pl.LazyFrame
     schema: pl.Schema  # without LINE
     unit: str  # what LINE counts: "line" in text files (header = 1), "row" in Parquet (first = 1)
+    plain: Path | None = None  # text files: the uncompressed copy read, for locating unreadable lines
+    separator: str | None = None
+
+    def ids(self, column: str, setting: str) -> pl.Expr:
+        """An id column as String; DataError when it holds floats (NaN ids, and 1.0 vs "1" mismatches)."""
+        dtype = self.schema[column]
+        if dtype.is_float():
+            raise DataError(f"{self.path}: column '{column}' ({setting}) has type {dtype}; expected text or "
+                            "integer ids (float ids come from missing values upcast by pandas: drop or fill them)")
+        return self.text(column)
 
     def require(self, columns: dict[str, str]) -> None:
         """Raise DataError when a mapped column is absent; `columns` maps setting -> column name."""
@@ -85,7 +95,8 @@ def load(cfg: EventLogConfig) -> RawFrames:
     rows = events.rows
     if cfg.keep_events:
         rows = rows.filter(events.text(columns.event).is_in(cfg.keep_events))
-    user, item = events.text(columns.user), events.text(columns.item)
+    user = events.ids(columns.user, "data.events.columns.user")
+    item = events.ids(columns.item, "data.events.columns.item")
     problems = [
         Problem(f"column '{columns.user}' (user id) is empty", is_blank(user)),
         Problem(f"column '{columns.item}' (item id) is empty", is_blank(item)),
@@ -165,7 +176,7 @@ def scan_table(path: Path, cfg: EventLogConfig, setting: str) -> Table:
     header = read_header(path, text, separator)
     frame = pl.scan_csv(text, separator=separator, infer_schema=False, new_columns=header)
     frame = frame.with_row_index(LINE, offset=2).filter(pl.any_horizontal([pl.col(c).is_not_null() for c in header]))
-    return Table(path, frame, pl.Schema({column: pl.String for column in header}), "line")
+    return Table(path, frame, pl.Schema({column: pl.String for column in header}), "line", text, separator)
 
 
 def read_header(path: Path, text: Path, separator: str) -> list[str]:
@@ -173,13 +184,16 @@ def read_header(path: Path, text: Path, separator: str) -> list[str]:
 
     Polars renames repeated names silently (`a`, `a_duplicated_0`), so they are caught here.
     """
-    with text.open(encoding="utf-8-sig", newline="") as handle:
-        reader = csv.reader(handle, delimiter=separator)
-        header = next(reader, None)
-        if not header:
-            raise DataError(f"{path}: file is empty, expected a header line and rows")
-        if not any(row for row in reader):
-            raise DataError(f"{path}: has a header line but no rows")
+    try:
+        with text.open(encoding="utf-8-sig", newline="") as handle:
+            reader = csv.reader(handle, delimiter=separator)
+            header = next(reader, None)
+            if not header:
+                raise DataError(f"{path}: file is empty, expected a header line and rows")
+            if not any(row for row in reader):
+                raise DataError(f"{path}: has a header line but no rows")
+    except UnicodeDecodeError as error:
+        raise DataError(not_utf8_message(path, text) or f"{path}: not valid UTF-8 text ({error})") from error
     repeated = [name for name, count in Counter(header).items() if count > 1]
     if repeated:
         raise DataError(f"{path}: line 1: column name(s) {repeated} appear more than once in the header {header}")
@@ -249,13 +263,28 @@ def check(table: Table, rows: pl.LazyFrame, problems: list[Problem]) -> int:
     try:
         first = rows.select(firsts).collect(engine="streaming")
     except pl.exceptions.PolarsError as error:
-        raise DataError(f"{table.path}: cannot be read: {error}") from error
+        raise DataError(unreadable_message(table, error)) from error
     for i, problem in enumerate(problems):
         line = first[f"line{i}"][0]
         if line is not None:
             found = f" (found {first[f'value{i}'][0]!r})" if problem.shown is not None else ""
             raise DataError(f"{table.path}: {table.unit} {line}: {problem.message}{found}")
     return first["rows"][0]
+
+
+def unreadable_message(table: Table, error: Exception) -> str:
+    """Why Polars could not read a table: the first line that is not UTF-8 or has the wrong field count, if any."""
+    if table.plain is not None:
+        message = not_utf8_message(table.path, table.plain)
+        if message is not None:
+            return message
+        header = list(table.schema.names())
+        ragged = first_ragged_line(table.plain, table.separator, len(header))
+        if ragged is not None:
+            line, found = ragged
+            return (f"{table.path}: line {line}: {found} fields separated by {table.separator!r}, expected "
+                    f"{len(header)} as in the header {header}")
+    return f"{table.path}: cannot be read: {error}"
 
 
 def no_rows_message(events: Table, cfg: EventLogConfig) -> str:
@@ -286,7 +315,7 @@ def attach_item_table(items: pl.LazyFrame, cfg: EventLogConfig) -> pl.LazyFrame:
         table = scan_table(Path(cfg.items).expanduser(), cfg, "data.events.items")
         mapping = {"item_id": "item_id", **cfg.item_columns}
         table.require({f"data.events.item_columns.{key}": column for key, column in mapping.items()})
-        item = table.text(mapping["item_id"])
+        item = table.ids(mapping["item_id"], "data.events.item_columns.item_id")
         check(table, table.rows, [Problem(f"column '{mapping['item_id']}' (item id) is empty", is_blank(item))])
         described = table.rows.select(
             item.alias("item_id"),
@@ -323,7 +352,7 @@ def attach_user_table(users: pl.LazyFrame, cfg: EventLogConfig) -> pl.LazyFrame:
             f"{table.path}: column 'user_id' is not the user id column ('{id_column}', data.events.user_id_column) "
             "and would clash with it; rename it or point user_id_column at it"
         )
-    user = table.text(id_column)
+    user = table.ids(id_column, "data.events.user_id_column")
     check(table, table.rows, [Problem(f"column '{id_column}' (user id) is empty", is_blank(user))])
     described = table.rows.select(user.alias("user_id"), *(table.text(name).alias(name) for name in attributes))
     return users.join(described.unique(subset="user_id", keep="first", maintain_order=True), on="user_id", how="left")

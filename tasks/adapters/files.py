@@ -7,6 +7,7 @@ concurrent runs never see a half-written copy.
 """
 from __future__ import annotations
 
+import csv
 import gzip
 import hashlib
 import shutil
@@ -93,3 +94,51 @@ def scan_lines(path: Path) -> pl.LazyFrame:
         infer_schema=False,
         truncate_ragged_lines=True,
     ).with_row_index(LINE, offset=1)
+
+
+def first_undecodable_line(path: Path, encoding: str = "utf-8") -> tuple[int, bytes] | None:
+    """(line number from 1, offending bytes) of the first line not valid in `encoding`, else None.
+
+    A linear scan, run only after a read failed, to turn a decoder error into a line number.
+    """
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                line.decode(encoding)
+            except UnicodeDecodeError as error:
+                return number, line[error.start:error.end]
+    return None
+
+
+def not_utf8_message(path: Path, text: Path) -> str | None:
+    """A message naming the line of `path` (read through its plain view `text`) that is not UTF-8, else None."""
+    bad = first_undecodable_line(text)
+    if bad is None:
+        return None
+    line, raw = bad
+    return (f"{path}: line {line}: not valid UTF-8 text (bytes {raw.hex(' ')}); expected a UTF-8 file "
+            "(re-save it as UTF-8, e.g. `iconv -f latin1 -t utf-8`)")
+
+
+def first_ragged_line(path: Path, separator: str, width: int, quoted: bool = True) -> tuple[int, int] | None:
+    """(line number from 1, field count) of the first non-blank CSV/TSV row without `width` fields, else None.
+
+    `quoted`: whether '"' quotes values (as Polars reads CSV by default). Line numbers count physical
+    lines; a row with a quoted value spanning lines counts as its last line. A linear scan, run only
+    after a read failed.
+    """
+    with open(path, encoding="utf-8", errors="replace", newline="") as handle:
+        reader = csv.reader(handle, delimiter=separator, quoting=csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE)
+        for row in reader:
+            if row and len(row) != width:
+                return reader.line_num, len(row)
+    return None
+
+
+def has_content(path: Path) -> bool:
+    """True when the file holds a byte other than whitespace (reads only up to the first such byte)."""
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK_BYTES):
+            if chunk.strip():
+                return True
+    return False

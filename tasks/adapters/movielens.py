@@ -18,7 +18,7 @@ from pathlib import Path
 import polars as pl
 
 from conf.schema import MovieLensConfig
-from tasks.adapters import RawFrames, empty_users, require_files
+from tasks.adapters import DownloadError, RawFrames, empty_users, require_files
 from tasks.adapters.files import CHUNK_BYTES, LINE, open_utf8, scan_lines
 from tasks.io import atomic_path
 from tasks.schemas import DataError
@@ -71,9 +71,9 @@ def download(folder: Path) -> None:
                     md5.update(chunk)
                     sha256.update(chunk)
         except OSError as error:  # URLError and timeouts are OSErrors
-            raise DataError(f"could not download {URL}: {error}. {_hint(folder)}") from error
+            raise DownloadError(f"could not download {URL}: {error}. {_hint(folder)}") from error
         if (md5.hexdigest(), sha256.hexdigest()) != (ZIP_MD5, ZIP_SHA256):
-            raise DataError(
+            raise DownloadError(
                 f"{URL}: checksum mismatch, got md5 {md5.hexdigest()} sha256 {sha256.hexdigest()}, "
                 f"expected md5 {ZIP_MD5} sha256 {ZIP_SHA256} (corrupt download or changed upstream file)"
             )
@@ -88,7 +88,7 @@ def download(folder: Path) -> None:
                         with bundle.open(f"ml-1m/{name}") as source, open(temporary, "wb") as target:
                             shutil.copyfileobj(source, target, CHUNK_BYTES)
         except zipfile.BadZipFile as error:
-            raise DataError(f"{URL}: not a valid zip file ({error})") from error
+            raise DownloadError(f"{URL}: not a valid zip file ({error})") from error
 
 
 def read_fields(path: Path, numbers: dict[str, pl.DataType]) -> pl.LazyFrame:

@@ -16,7 +16,7 @@ import polars as pl
 
 from conf.schema import RecBoleConfig
 from tasks.adapters import RawFrames, empty_users
-from tasks.adapters.files import LINE, open_text, scan_lines
+from tasks.adapters.files import LINE, not_utf8_message, open_text, scan_lines
 from tasks.schemas import DataError
 
 log = logging.getLogger(__name__)
@@ -67,9 +67,13 @@ def _dataset(cfg: RecBoleConfig) -> tuple[Path, str]:
 
 def _find(folder: Path, name: str, suffix: str) -> Path | None:
     """`<name>.<suffix>`, else `<name>.<suffix>.gz`, else None (the plain file wins when both exist)."""
-    for candidate in (folder / f"{name}.{suffix}", folder / f"{name}.{suffix}.gz"):
+    candidates = (folder / f"{name}.{suffix}", folder / f"{name}.{suffix}.gz")
+    for candidate in candidates:
         if candidate.is_file():
             return candidate
+    for candidate in candidates:
+        if candidate.is_dir():
+            raise DataError(f"{candidate}: is a directory, expected a file; {HINT}")
     return None
 
 
@@ -135,13 +139,16 @@ def check_lines(file: AtomicFile, numbers: dict[str, bool]) -> None:
         value = _number(raw)
         bad = value.is_null() | ~value.is_finite() | (value.abs() >= 2.0**63)
         checks[column] = bad if required else raw.str.strip_chars().ne("") & bad
-    bad_lines = (
-        lines.filter((pl.col(LINE) > 1) & pl.col("text").is_not_null())
-        .with_columns(**checks)
-        .filter(pl.any_horizontal(list(checks)))
-        .head(1)
-        .collect(engine="streaming")
-    )
+    try:
+        bad_lines = (
+            lines.filter((pl.col(LINE) > 1) & pl.col("text").is_not_null())
+            .with_columns(**checks)
+            .filter(pl.any_horizontal(list(checks)))
+            .head(1)
+            .collect(engine="streaming")
+        )
+    except pl.exceptions.PolarsError as error:
+        raise DataError(not_utf8_message(file.path, file.text) or f"{file.path}: cannot be read: {error}") from error
     if bad_lines.is_empty():
         return
     row = bad_lines.row(0, named=True)

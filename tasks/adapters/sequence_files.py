@@ -16,6 +16,7 @@ import polars as pl
 
 from conf.schema import SequenceFilesConfig
 from tasks.adapters import RawFrames, require_files
+from tasks.adapters.files import first_ragged_line, has_content, not_utf8_message
 from tasks.schemas import DataError
 
 SEQUENCE_FILES = ("train_A", "train_B", "train_overlap", "valid", "test")
@@ -38,8 +39,14 @@ def source_files(cfg: SequenceFilesConfig) -> list[Path]:
 
 def read_sequences(path: Path) -> pl.LazyFrame:
     """One row per (user, position, item) of a sequence file; errors name the file and line."""
-    lines = pl.read_csv(path, separator="\t", has_header=False, new_columns=["index", "items"],
-                        schema_overrides={"index": pl.String, "items": pl.String}, quote_char=None)
+    expected = "lines 'user_index<TAB>item,item,...'"
+    if not has_content(path):
+        raise DataError(f"{path}: empty file, expected {expected}")
+    try:
+        lines = pl.read_csv(path, separator="\t", has_header=False, new_columns=["index", "items"],
+                            schema_overrides={"index": pl.String, "items": pl.String}, quote_char=None)
+    except pl.exceptions.PolarsError as error:
+        raise DataError(unreadable_message(path, 2, expected, error)) from error
     lines = lines.with_row_index("line", offset=1)
     malformed = lines.filter(pl.col("items").is_null() | pl.col("index").is_null())
     if not malformed.is_empty():
@@ -61,12 +68,30 @@ def read_sequences(path: Path) -> pl.LazyFrame:
     )
 
 
+def unreadable_message(path: Path, width: int, expected: str, error: Exception) -> str:
+    """Why Polars could not read a tab-separated file: its first non-UTF-8 line or line with the wrong field count."""
+    message = not_utf8_message(path, path)
+    if message is not None:
+        return message
+    ragged = first_ragged_line(path, "\t", width, quoted=False)
+    if ragged is not None:
+        return f"{path}: line {ragged[0]}: {ragged[1]} tab-separated fields, expected {width}: {expected}"
+    return f"{path}: cannot be read: {error}"
+
+
 def load(cfg: SequenceFilesConfig) -> RawFrames:
     """Interactions ordered by position, items with domain and title, users with their split_group."""
     root = Path(cfg.path)
     folder = sequence_folder(root)
     require_files(root / "items.tsv", *(folder / f"{s}.txt" for s in SEQUENCE_FILES), hint=HINT)
-    items = pl.read_csv(root / "items.tsv", separator="\t", quote_char=None, infer_schema=False)
+    items_path = root / "items.tsv"
+    if not has_content(items_path):
+        raise DataError(f"{items_path}: empty file, expected a tab-separated header item_id, domain, asin, title "
+                        "and a row per item")
+    try:
+        items = pl.read_csv(items_path, separator="\t", quote_char=None, infer_schema=False)
+    except pl.exceptions.PolarsError as error:
+        raise DataError(not_utf8_message(items_path, items_path) or f"{items_path}: cannot be read: {error}") from error
     missing = {"item_id", "domain", "title"} - set(items.columns)
     if missing:
         raise DataError(f"{root / 'items.tsv'}: missing columns {sorted(missing)}; found {items.columns}")

@@ -57,13 +57,20 @@ def test_export_has_top_k_unseen_items_for_every_user_in_raw_ids(finished_run):
     users, items = pl.read_parquet(data / "users.parquet"), pl.read_parquet(data / "items.parquet")
     seen = (pl.read_parquet(data / "events.parquet").join(users, on="user_idx").join(items, on="item_idx")
             .select("user_id", "item_id"))
-    assert recommendations.columns == ["user_id", "item_id", "rank", "score"]
+    assert recommendations.columns == ["user_id", "item_id", "rank", "score", "reason_item_ids", "reason_scores"]
     assert recommendations["user_id"].n_unique() == users.height
     per_user = recommendations.group_by("user_id").agg(pl.col("rank").sort())
     assert per_user["rank"].to_list() == [list(range(1, config.export.top_k + 1))] * users.height
     assert recommendations.join(seen, on=["user_id", "item_id"]).is_empty(), "a seen item was recommended"
     assert set(recommendations["item_id"]) <= set(items["item_id"])
     assert pl.read_csv(result.run_dir / "recommendations.csv").height == recommendations.height
+    # Reasons: items of that user's own history, at most three, best first.
+    reasons = recommendations.select("user_id", pl.col("reason_item_ids").alias("item_id")).explode("item_id")
+    reasons = reasons.drop_nulls()
+    assert reasons.height > 0, "no recommendation carries a reason"
+    assert reasons.join(seen, on=["user_id", "item_id"], how="anti").is_empty(), "a reason outside the history"
+    assert (recommendations["reason_item_ids"].list.len() <= 3).all()
+    assert (recommendations["reason_scores"].list.eval(pl.element().diff() <= 0).list.all()).all()
 
 
 def test_mlflow_run_has_params_metrics_artifacts_and_nested_model_runs_with_curves(finished_run):

@@ -1,6 +1,7 @@
-"""Serving: a real tiny GRU packaged, logged, registered and aliased in a temporary MLflow store, then
-answered through models:/<name>@champion: top-K excludes seen items, scores fall, k is respected, and
-each bad request raises INVALID_PARAMETER_VALUE (HTTP 400 when served) naming what was wrong.
+"""Serving: a real tiny GRU packaged, logged (as code, no pickle), registered and aliased in a temporary
+MLflow store, then answered through models:/<name>@champion: top-K excludes seen items, scores fall,
+k is respected, every item carries reasons from the request's history, and each bad request raises
+INVALID_PARAMETER_VALUE (HTTP 400 when served) naming what was wrong.
 """
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ import pandas as pd
 import polars as pl
 import pytest
 import torch
+import yaml
 from mlflow.exceptions import MlflowException
 
 from conf.schema import SyntheticConfig, TrainConfig
 from models.data import SequenceData
+from models.explain import N_REASONS
 from models.registry import build_model
 from models.serving import (MAX_ROWS, Catalogue, InvalidRequest, check_k, encode_requests, model_sequence,
                             recommend)
@@ -89,13 +92,27 @@ def test_champion_answers_top_k_unseen_items_best_first(store):
     ids = store["ids"]
     history = [ids[3], ids[7], ids[1]]
     result = predict(store, [{"history": history}, {"history": [ids[0]]}], k=5)
-    assert list(result.columns) == ["item_ids", "scores"] and len(result) == 2
+    assert list(result.columns) == ["item_ids", "scores", "reason_item_ids", "reason_scores"] and len(result) == 2
     for row, seen in zip(result.itertuples(), [history, [ids[0]]]):
         assert len(row.item_ids) == 5 and len(set(row.item_ids)) == 5
         assert not set(row.item_ids) & set(seen)
         assert set(row.item_ids) <= set(ids)
         assert list(row.scores) == sorted(row.scores, reverse=True)
         assert all(np.isfinite(row.scores))
+        assert len(row.reason_item_ids) == len(row.reason_scores) == 5  # one list per recommended item
+        for reasons, evidence in zip(row.reason_item_ids, row.reason_scores):
+            assert set(reasons) <= set(seen) and len(set(reasons)) == len(reasons) <= N_REASONS
+            assert len(evidence) == len(reasons) and all(e > 0 for e in evidence)
+            assert list(evidence) == sorted(evidence, reverse=True)
+    assert any(row for row in result.reason_item_ids[0]), "a trained GRU explains at least one item"
+
+
+def test_the_logged_pyfunc_is_code_not_a_pickle(store, tmp_path):
+    root = download_champion(store["uri"], NAME, "champion", tmp_path / "champion")
+    files = {path.name for path in root.rglob("*")}
+    assert "serving_code.py" in files and not [name for name in files if name.endswith((".pkl", ".pickle"))]
+    pyfunc_flavor = yaml.safe_load((root / "MLmodel").read_text())["flavors"]["python_function"]
+    assert pyfunc_flavor["model_code_path"].endswith("serving_code.py") and "python_model" not in pyfunc_flavor
 
 
 def test_default_k_is_ten_and_order_of_history_matters_to_the_gru(store):
@@ -194,6 +211,7 @@ def test_recommend_never_returns_seen_items_of_the_source_history():
     frame = pd.DataFrame({"history": [["a"]], "source_history": [["d"]]})
     result = recommend(Constant(), catalogue, frame, k=2, reads="all", max_seq_len=5)
     assert result.item_ids[0] == ["c", "b"] and result.scores[0] == [3.0, 2.0]
+    assert result.reason_item_ids[0] == [[], []]  # scores that ignore the history have no reasons
 
 
 def test_downloaded_champion_holds_model_file_catalogue_and_meta(store, tmp_path):

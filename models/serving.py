@@ -250,14 +250,17 @@ def signature(default_k: int = DEFAULT_K) -> ModelSignature:
 
 
 def as_frame(model_input: Any) -> pd.DataFrame:
-    """The request as a DataFrame: records arrive as one, columnar `inputs` as a dict of columns."""
+    """The request as a DataFrame: `dataframe_*` payloads arrive as one, `inputs` as a list of records or a
+    dict of columns."""
     if isinstance(model_input, pd.DataFrame):
         return model_input
-    if isinstance(model_input, dict):
-        try:
+    try:
+        if isinstance(model_input, dict):  # columnar `inputs`: one sequence per column
             return pd.DataFrame({name: list(column) for name, column in model_input.items()})
-        except (TypeError, ValueError) as error:
-            raise InvalidRequest(f"input columns must have one value per row: {error}") from None
+        if isinstance(model_input, list):  # `inputs` as records
+            return pd.DataFrame(model_input)
+    except (TypeError, ValueError) as error:
+        raise InvalidRequest(f"input must have one value per row in each column: {error}") from None
     raise InvalidRequest(f"input must be records or columns with a 'history' list per row; "
                          f"got {type(model_input).__name__}")
 

@@ -247,3 +247,15 @@ def test_second_registration_from_a_worker_thread_is_a_new_version_and_the_alias
     set_alias(uri, NAME, "champion", version)
     assert str(champion_version(uri, NAME, "champion").version) == version
     set_alias(uri, NAME, "champion", store["version"])  # restore for other tests
+
+
+def test_every_payload_form_becomes_the_same_frame():
+    from models.serving import as_frame
+
+    records = [{"history": ["a", "b"]}, {"history": ["c"]}]
+    expected = pd.DataFrame(records)
+    assert as_frame(expected) is expected
+    assert as_frame(records).equals(expected)  # `inputs` as records
+    assert as_frame({"history": [["a", "b"], ["c"]]}).equals(expected)  # `inputs` as columns
+    with pytest.raises(InvalidRequest, match="got str"):
+        as_frame("a,b")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-import polars as pl
 
 from conf.schema import PipelineConfig
 from models.base import Recommender
@@ -83,8 +82,3 @@ def run_gate(candidate: Recommender, candidate_reads: str, champion: Recommender
         champion_value, _ = held_out_metric(on_current_index(champion, champion_item_ids, prepared), prepared,
                                             champion_reads, config)
     return decide(candidate_value, champion_value, gate.tolerance, metric, users)
-
-
-def gate_frame(decision: GateDecision) -> pl.DataFrame:
-    """One-row table of a decision (for the run folder and MLflow)."""
-    return pl.DataFrame([decision.as_dict()])

@@ -17,7 +17,7 @@ from tasks import tracking
 from tasks.gate import GateDecision, run_gate
 from tasks.io import write_json
 from tasks.preprocessing import PreparedData
-from tasks.registry import PackagedModel, champion_version, registered_name
+from tasks.registry import PackagedModel
 from tasks.runs import RunContext
 from tasks.training import TrainedModel
 
@@ -63,14 +63,6 @@ def champion_model_config(champion: PackagedModel, config: PipelineConfig) -> Mo
             return model
     raise ValueError(f"models: the champion was trained as '{name}', which is not one of the configured models "
                      f"{config.model_names()}; keep its model section in the config to update it")
-
-
-def require_champion(config: PipelineConfig, tracking_uri: str) -> None:
-    """Fail before any work when nothing is registered to update."""
-    name = registered_name(config)
-    if champion_version(tracking_uri, name, config.registry.alias) is None:
-        raise ValueError(f"registry: no version of '{name}' holds the alias '{config.registry.alias}' in "
-                         f"{tracking_uri}; run the pipeline first (itx run) so that a champion is registered")
 
 
 gate = task(gate_against_champion, name="promotion-gate", cache_policy=NO_CACHE)

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from models.base import SequentialRecommender
+from models.dropout import Dropout, dropout
 
 INIT_STD = 0.02
 
@@ -48,8 +49,15 @@ class CausalSelfAttention(nn.Module):
         batch, length, dim = x.shape
         # [B, T, 3D] -> 3 × [B, heads, T, D/heads]
         q, k, v = self.qkv(x).view(batch, length, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4)
-        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed,
-                                                  dropout_p=self.dropout if self.training else 0.0)
+        if self.training and self.dropout > 0 and x.device.type == "cpu":
+            # torch's fused kernel draws its attention dropout mask element by element on the CPU;
+            # the same computation written out uses the cheaper mask of models.dropout.
+            weights = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # [B, heads, T, T]
+            weights = weights.masked_fill(~allowed, float("-inf")).softmax(dim=-1)
+            attended = dropout(weights, self.dropout) @ v
+        else:
+            attended = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed,
+                                                      dropout_p=self.dropout if self.training else 0.0)
         return self.project(attended.transpose(1, 2).reshape(batch, length, dim))
 
 
@@ -62,8 +70,8 @@ class TransformerBlock(nn.Module):
         self.attention = CausalSelfAttention(dim, num_heads, dropout)
         self.feed_forward_norm = nn.LayerNorm(dim)
         # The paper's point-wise feed-forward keeps the width at D (not the usual 4D).
-        self.feed_forward = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(dim, dim))
-        self.dropout = nn.Dropout(dropout)
+        self.feed_forward = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), Dropout(dropout), nn.Linear(dim, dim))
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: Tensor, allowed: Tensor) -> Tensor:
         """x [B, T, D] -> [B, T, D]."""
@@ -75,6 +83,7 @@ class SASRecRecommender(SequentialRecommender):
     """SASRec-style extractor: the causal Transformer's output at each position is the user's interest."""
 
     kind = "sasrec"
+    reads_padding = False  # padding is masked out of attention; positions count back from the last item
 
     def __init__(self, n_items: int, embedding_dim: int = 64, num_blocks: int = 2, num_heads: int = 1,
                  dropout: float = 0.2, learning_rate: float = 1e-3, weight_decay: float = 0.0,
@@ -84,7 +93,7 @@ class SASRecRecommender(SequentialRecommender):
         self.item_embedding = nn.Embedding(n_items, embedding_dim, padding_idx=0)
         self.position_embedding = nn.Embedding(max_seq_len, embedding_dim)  # index max_seq_len - 1: the last item
         self.embedding_scale = math.sqrt(embedding_dim)
-        self.embedding_dropout = nn.Dropout(dropout)
+        self.embedding_dropout = Dropout(dropout)
         self.blocks = nn.ModuleList(TransformerBlock(embedding_dim, num_heads, dropout) for _ in range(num_blocks))
         self.final_norm = nn.LayerNorm(embedding_dim)
         self.apply(self._initialise)

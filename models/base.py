@@ -154,12 +154,10 @@ class ResumableDataModule(SequenceDataModule):
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.generator: torch.Generator | None = None
         self.restored: dict[str, Any] | None = None
 
     def train_dataloader(self) -> Any:
         loader = super().train_dataloader()
-        self.generator = loader.sampler.sampler.generator  # BatchSampler(RandomSampler(generator=...))
         if self.restored is not None:  # Lightning restores us before it asks for the loader
             self.generator.set_state(self.restored["train_generator"])
             torch.set_rng_state(self.restored["torch"])
@@ -188,6 +186,10 @@ class SequentialRecommender(pl.LightningModule):
     """
 
     kind: ClassVar[str] = ""
+    # False where an item's interest does not depend on how much padding precedes it in the window
+    # (attention that masks padding, convolutions that pad with zeros anyway); such models may train on
+    # length-sorted batches with the padding columns cut (`train.batching: by_length`). A GRU reads them.
+    reads_padding: ClassVar[bool] = True
 
     def __init__(self, n_items: int, interest_dim: int, learning_rate: float = 1e-3, weight_decay: float = 0.0,
                  max_seq_len: int = 50, exclude_seen: bool = True):
@@ -307,8 +309,12 @@ class SequentialRecommender(pl.LightningModule):
             log_every_n_steps=10,
             default_root_dir=str(checkpoint_dir) if checkpoint_dir else None,
         )
+        by_length = train.batching == "by_length" and not self.reads_padding
+        if train.batching == "by_length" and not by_length:
+            log.info("%s reads its padding: trained on random batches (train.batching: by_length does not apply)",
+                     self.kind)
         module = ResumableDataModule(data, self.max_seq_len, train.batch_size, eval_batch_size=512, seed=seed,
-                                     pin_memory=uses_cuda(train.accelerator))
+                                     pin_memory=uses_cuda(train.accelerator), by_length=by_length)
         # A second fit (fine-tuning) starts from the eval mode the first one ended in; Lightning keeps
         # module modes as it finds them, so switch dropout back on here. Frozen parts stay frozen.
         self.train()

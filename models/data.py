@@ -6,13 +6,14 @@ which is where every model reads the user's current interest.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Iterator
 from typing import Literal
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler
 
 Split = Literal["valid", "test", "all"]
 
@@ -67,15 +68,19 @@ class NextItemWindows(Dataset):
     training event is predicted exactly once per epoch (SASRec's all-positions scheme, not RecBole's
     one example per prefix). All windows are left-padded into one tensor up front, so a batch is a
     single gather: no per-sample Python while training.
+
+    trim_padding: cut each batch's leading columns that hold no input in any of its windows, for
+    models whose output at an item does not depend on how much padding precedes it.
     """
 
-    def __init__(self, sequences: list[np.ndarray], max_len: int):
+    def __init__(self, sequences: list[np.ndarray], max_len: int, trim_padding: bool = False):
         windows = [
             sequence[max(0, end - max_len - 1):end]
             for sequence in sequences
             for end in range(len(sequence), 1, -max_len)
         ]
         self.padded = left_pad(windows, max_len + 1)  # [W, T+1]
+        self.trim_padding = trim_padding
 
     def __len__(self) -> int:
         return self.padded.shape[0]
@@ -83,16 +88,67 @@ class NextItemWindows(Dataset):
     def __getitem__(self, index: int | list[int]) -> Tensor:
         return self.padded[index]
 
+    def labelled_counts(self) -> Tensor:
+        """[W] positions with a next-item label in each window (its item count minus one)."""
+        return (self.padded > 0).sum(dim=1) - 1
+
     def collate(self, padded: Tensor) -> tuple[Tensor, Tensor]:
         """(inputs [B, T], targets [B, T]) of a [B, T+1] batch of windows; target 0 marks positions without a label."""
         inputs, targets = padded[:, :-1], padded[:, 1:]
+        if self.trim_padding:
+            # Left-padded: the columns holding an input are the last ones; keep from the first of them.
+            first = int((inputs > 0).any(dim=0).to(torch.int8).argmax())
+            inputs, targets = inputs[:, first:], targets[:, first:]
         # A short window's first item follows only padding: it is an input, not a target.
         return inputs, targets.masked_fill(inputs == 0, 0)
 
-    def loader(self, batch_size: int, generator: torch.Generator, pin_memory: bool = False) -> DataLoader:
-        """Shuffled batches, each drawn with one tensor gather (in page-locked memory if pin_memory)."""
-        batches = BatchSampler(RandomSampler(self, generator=generator), batch_size, drop_last=False)
+    def loader(self, batch_size: int, generator: torch.Generator, pin_memory: bool = False,
+               by_length: bool = False) -> DataLoader:
+        """Batches drawn with one tensor gather each (in page-locked memory if pin_memory): shuffled
+        windows, or with by_length windows of similar length (see `LengthBatches`)."""
+        if by_length:
+            batches = LengthBatches(self.labelled_counts(), batch_size, generator)
+        else:
+            batches = BatchSampler(RandomSampler(self, generator=generator), batch_size, drop_last=False)
         return DataLoader(self, sampler=batches, batch_size=None, collate_fn=self.collate, pin_memory=pin_memory)
+
+
+class LengthBatches(Sampler[list[int]]):
+    """Batches of windows of similar length, each with about the same number of labelled positions.
+
+    Why: a batch of random windows is as long as its longest one, and on ML-1M 43% of a random
+    batch's positions are padding. Sorted by length, a batch holds windows of about one length,
+    and `NextItemWindows(trim_padding=True)` cuts the padding columns. As many batches as random
+    batching would make (len(windows) / batch_size, rounded up), but cut so that each holds about
+    the same number of labelled positions (short windows: more of them per batch): the loss, a mean
+    over a batch's positions, then weighs every position about equally, as random batches do on
+    average. Each epoch draws new tie-breaks among windows of equal length and a new batch order.
+    """
+
+    def __init__(self, labelled: Tensor, batch_size: int, generator: torch.Generator):
+        self.labelled, self.generator = labelled, generator
+        self.n_batches = -(-len(labelled) // batch_size)
+
+    def __len__(self) -> int:
+        return self.n_batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        count = len(self.labelled)
+        if self.n_batches == 1:
+            yield torch.randperm(count, generator=self.generator).tolist()
+            return
+        tie_break = torch.rand(count, generator=self.generator, dtype=torch.float64)
+        order = torch.argsort(self.labelled.to(torch.float64) + tie_break)  # by length; random among equals
+        cumulative = self.labelled[order].cumsum(0).to(torch.float64)  # [W]
+        share = cumulative[-1] / self.n_batches
+        ends = torch.searchsorted(cumulative, share * torch.arange(1, self.n_batches, dtype=torch.float64))
+        # No empty batch: batch k (1-based) ends strictly after batch k-1 and leaves a window for each later one.
+        ranks = torch.arange(1, self.n_batches)
+        ends = torch.cummax((ends - ranks).clamp(min=0), dim=0).values + ranks
+        ends = torch.minimum(ends, count - self.n_batches + ranks)
+        batches = torch.tensor_split(order, ends)
+        for index in torch.randperm(self.n_batches, generator=self.generator).tolist():
+            yield batches[index].tolist()
 
 
 @dataclass(frozen=True)
@@ -172,17 +228,23 @@ class SequenceDataModule(pl.LightningDataModule):
     """Training windows from the train split; validation ranks each user's valid items.
 
     pin_memory: batches in page-locked memory, when training on a CUDA device.
+    by_length: batches of windows of similar length with their padding columns cut (`LengthBatches`);
+    only for models whose output does not depend on the amount of leading padding.
+    `generator` is the training shuffle's random generator, once the training loader exists.
     """
 
     def __init__(self, data: SequenceData, max_len: int, batch_size: int, eval_batch_size: int, seed: int,
-                 pin_memory: bool = False):
+                 pin_memory: bool = False, by_length: bool = False):
         super().__init__()
         self.data, self.max_len, self.batch_size = data, max_len, batch_size
         self.eval_batch_size, self.seed, self.pin_memory = eval_batch_size, seed, pin_memory
+        self.by_length = by_length
+        self.generator: torch.Generator | None = None
 
     def train_dataloader(self) -> DataLoader:
-        windows = NextItemWindows(self.data.train, self.max_len)
-        return windows.loader(self.batch_size, torch.Generator().manual_seed(self.seed), self.pin_memory)
+        windows = NextItemWindows(self.data.train, self.max_len, trim_padding=self.by_length)
+        self.generator = torch.Generator().manual_seed(self.seed)
+        return windows.loader(self.batch_size, self.generator, self.pin_memory, by_length=self.by_length)
 
     def val_dataloader(self) -> DataLoader:
         return split_loader(self.data, "valid", self.max_len, self.eval_batch_size, self.pin_memory)

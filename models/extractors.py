@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from models.base import SequentialRecommender
+from models.dropout import Dropout
 
 
 class GRURecommender(SequentialRecommender):
@@ -29,7 +30,7 @@ class GRURecommender(SequentialRecommender):
         self.item_embedding = nn.Embedding(n_items, embedding_dim, padding_idx=0)
         self.gru = nn.GRU(embedding_dim, hidden_dim, num_layers=num_layers, batch_first=True,
                           dropout=dropout if num_layers > 1 else 0.0)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def encode(self, history: Tensor) -> Tensor:
         """[B, T] item_idx -> [B, T, H] GRU states."""
@@ -47,6 +48,7 @@ class CaserRecommender(SequentialRecommender):
     """
 
     kind = "cnn"
+    reads_padding = False  # the convolutions pad with zeros themselves, the same as padding's zero embedding
 
     def __init__(self, n_items: int, embedding_dim: int = 64, window: int = 5, horizontal_filters: int = 16,
                  vertical_filters: int = 4, dropout: float = 0.3, learning_rate: float = 1e-3,
@@ -62,7 +64,7 @@ class CaserRecommender(SequentialRecommender):
         self.horizontal = nn.ModuleList(
             nn.Conv1d(embedding_dim, horizontal_filters, kernel_size=height) for height in range(1, window + 1)
         )
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.project = nn.Linear(vertical_filters * embedding_dim + horizontal_filters * window, embedding_dim)
 
     def encode(self, history: Tensor) -> Tensor:

@@ -403,7 +403,7 @@ class TrainConfig(Section):
     lr_decay_patience: int = Field(2, ge=0, description="Epochs without validation gain before the learning rate decays.")
     batching: Literal["random", "by_length"] = Field(
         "random", description="random: shuffled windows. by_length: windows of similar length per batch, padding "
-        "columns cut (faster; SASRec and Caser only, the GRU keeps random batches).",
+        "columns cut (faster on long-tailed lengths; the CNN, RNN and SASRec extractors, others keep random batches).",
     )
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
     devices: int | str = 1

@@ -187,8 +187,9 @@ class SequentialRecommender(pl.LightningModule):
 
     kind: ClassVar[str] = ""
     # False where an item's interest does not depend on how much padding precedes it in the window
-    # (attention that masks padding, convolutions that pad with zeros anyway); such models may train on
-    # length-sorted batches with the padding columns cut (`train.batching: by_length`). A GRU reads them.
+    # (attention that masks padding, convolutions that pad with zeros anyway, a GRU run from the first
+    # item); such models may train on length-sorted batches with the padding columns cut
+    # (`train.batching: by_length`).
     reads_padding: ClassVar[bool] = True
 
     def __init__(self, n_items: int, interest_dim: int, learning_rate: float = 1e-3, weight_decay: float = 0.0,

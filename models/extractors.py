@@ -21,6 +21,7 @@ class GRURecommender(SequentialRecommender):
     """GRU4Rec-style extractor: the GRU state after each item is the user's current interest."""
 
     kind = "rnn"
+    reads_padding = False  # each history runs from its first item, padding after it (see encode)
 
     def __init__(self, n_items: int, embedding_dim: int = 64, hidden_dim: int = 128, num_layers: int = 1,
                  dropout: float = 0.2, learning_rate: float = 1e-3, weight_decay: float = 0.0,
@@ -33,9 +34,21 @@ class GRURecommender(SequentialRecommender):
         self.dropout = Dropout(dropout)
 
     def encode(self, history: Tensor) -> Tensor:
-        """[B, T] item_idx -> [B, T, H] GRU states."""
-        states, _ = self.gru(self.dropout(self.item_embedding(history)))
-        return self.dropout(states)
+        """[B, T] left-padded item_idx -> [B, T, H] GRU state after each item (zeros at padding).
+
+        The GRU runs over each history moved to the front of its row (padding after it), so every
+        state starts from zero at the user's first item: a state never depends on how much padding a
+        batch gives the row (the model may train on batches with their padding columns cut, and
+        scores a user the same in any batch), and a user with no history gets the output bias alone.
+        """
+        present = history > 0  # [B, T], left-padded: the items are the last ones of each row
+        length = history.shape[1]
+        padding = (~present).sum(dim=1, keepdim=True)  # [B, 1]
+        positions = torch.arange(length, device=history.device)  # [T]
+        to_front = (positions + padding) % length  # [B, T]: slot i of the moved row reads column i + padding
+        states, _ = self.gru(self.dropout(self.item_embedding(history.gather(1, to_front))))  # [B, T, H]
+        to_back = ((positions - padding) % length).unsqueeze(-1).expand(-1, -1, states.shape[-1])  # [B, T, H]
+        return self.dropout(states.gather(1, to_back)) * present.unsqueeze(-1)
 
 
 class CaserRecommender(SequentialRecommender):

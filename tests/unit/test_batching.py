@@ -9,9 +9,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import BatchSampler
 
 from conf.schema import TrainConfig
 from models.base import FitSummary
+from models.bert_transfer import BertTransferRecommender
 from models.data import LengthBatches, NextItemWindows, left_pad
 from models.dropout import Dropout, dropout
 from models.registry import build_model
@@ -19,6 +21,7 @@ from models.registry import build_model
 N_ITEMS = 40
 PADDING_FREE_OPTIONS = {
     "cnn": {"embedding_dim": 8, "window": 3, "horizontal_filters": 4, "vertical_filters": 2, "max_seq_len": 24},
+    "rnn": {"embedding_dim": 8, "hidden_dim": 16, "max_seq_len": 24},
     "sasrec": {"embedding_dim": 8, "num_blocks": 2, "num_heads": 2, "max_seq_len": 24},
 }
 
@@ -84,10 +87,29 @@ def test_models_trained_on_cut_batches_give_the_same_interests_whatever_the_padd
         tight = model.encode(left_pad(histories, 7))  # [3, 7, D]
         padded = model.encode(left_pad(histories, 24))  # [3, 24, D]
     assert torch.allclose(padded[:, -7:], tight, atol=1e-5)
+    assert (padded[:, :-7] == 0).all()  # padding positions carry no interest
 
 
-def test_the_gru_reads_its_padding_and_keeps_random_batches():
-    assert build_model("rnn", N_ITEMS, {"embedding_dim": 8, "hidden_dim": 8}).reads_padding
+def test_the_gru_scores_a_user_the_same_alone_or_beside_a_longer_history():
+    torch.manual_seed(0)
+    model = build_model("rnn", N_ITEMS, PADDING_FREE_OPTIONS["rnn"]).eval()
+    short, long = sequences_of_lengths([2, 20])
+    with torch.no_grad():
+        alone = model.score_all(left_pad([short], 2))
+        beside = model.score_all(left_pad([short, long], 24))[:1]
+        empty = model.score_all(left_pad([np.empty(0, np.int64)], 24))
+    assert torch.allclose(alone[:, 1:], beside[:, 1:], atol=1e-5)
+    assert torch.allclose(empty[0, 1:], model.output.bias[1:])  # no history: the learnt popularity alone
+
+
+def test_a_model_that_reads_its_padding_keeps_random_batches(tiny_data, tmp_path):
+    # The BERT transfer model's encoder sees padded positions; such a model is never given cut batches.
+    assert BertTransferRecommender.reads_padding
+    model = build_model("rnn", tiny_data.n_items, PADDING_FREE_OPTIONS["rnn"] | {"max_seq_len": 10})
+    model.reads_padding = True
+    train = TrainConfig(max_epochs=1, progress_bar=False, batch_size=16, accelerator="cpu", batching="by_length")
+    model.fit(tiny_data, train, seed=0, checkpoint_dir=tmp_path)
+    assert model.trainer.train_dataloader.sampler.__class__ is BatchSampler
 
 
 @pytest.mark.parametrize("kind", sorted(PADDING_FREE_OPTIONS))

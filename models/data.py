@@ -5,8 +5,8 @@ which is where every model reads the user's current interest.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np

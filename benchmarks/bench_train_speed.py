@@ -2,7 +2,8 @@
 
 For every model of the preset (ML-1M by default) it times training steps (forward, full-softmax
 loss, backward, Adam) under four settings, in this process and one after another:
-  baseline    random batches of left-padded windows, torch's dropout (the loop before these paths)
+  baseline    random batches of left-padded windows, torch's dropout (the GRU is today's, run from
+              the first item; the rest as the loop was before these paths)
   cheap mask  random batches, dropout masks from models.dropout (one 64-bit draw per 8 elements)
   by_length   + length-sorted batches with their padding columns cut (train.batching: by_length)
   bf16        + torch.autocast to bfloat16 (train.precision: bf16-mixed; needs a CPU with bf16 units)

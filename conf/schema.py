@@ -179,11 +179,16 @@ class PreprocessConfig(Section):
         "memory", description="memory: Polars in RAM (fastest); streaming: every step streams through Parquet "
         "files, for event logs larger than memory (same output).",
     )
+    tie_order: Literal["file", "shuffle", "id"] = Field(
+        "file", description="Order of a user's events with equal timestamps: file: the input file's row order "
+        "(as RecBole's stable sort of its atomic file); shuffle: a random order fixed by the run's `seed`; "
+        "id: by item id (the order before this setting, for reproducing old numbers).",
+    )
 
 
 class SplitConfig(Section):
-    """Temporal hold-out per user (RecBole's LS/TO ordering: by time, ties broken by item id), or a
-    dataset's own split of users (`user_groups`)."""
+    """Temporal hold-out per user (RecBole's LS/TO ordering: by time, equal timestamps in the order that
+    `preprocess.tie_order` gives, by default the input file's), or a dataset's own split of users (`user_groups`)."""
 
     protocol: Literal["leave_one_out", "last_n", "user_groups"] = Field(
         "leave_one_out",
@@ -405,12 +410,39 @@ class TrainConfig(Section):
         "random", description="random: shuffled windows. by_length: windows of similar length per batch, padding "
         "columns cut (faster on long-tailed lengths; the CNN, RNN and SASRec extractors, others keep random batches).",
     )
+    loss: Literal["full", "sampled", "gbce"] = Field(
+        "full", description="full: softmax cross-entropy over the whole catalogue (exact; cost grows with the "
+        "catalogue). sampled: softmax over the target and train.negatives shared negatives, logQ-corrected (large "
+        "catalogues). gbce: gSASRec's generalised binary cross-entropy over uniform shared negatives. Evaluation "
+        "always ranks the full catalogue.",
+    )
+    negatives: int = Field(1024, ge=1, description="Negatives drawn per training step and shared by the batch "
+                           "(loss sampled or gbce), with replacement.")
+    negative_sampler: Literal["uniform", "popularity"] = Field(
+        "uniform", description="How negatives are drawn: uniform over items, or in proportion to (training count "
+        "+ 1)^popularity_alpha (loss sampled).",
+    )
+    popularity_alpha: float = Field(0.75, ge=0, le=1, description="Exponent of the popularity sampler: 0 is "
+                                    "uniform, 1 follows the training counts.")
+    in_batch_negatives: bool = Field(False, description="Also use the batch's other targets as negatives (loss sampled).")
+    gbce_t: float = Field(0.75, ge=0, le=1, description="gBCE calibration t (loss gbce): 0 is plain binary "
+                          "cross-entropy, 1 fully calibrated to the full softmax's probabilities.")
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
     devices: int | str = 1
     strategy: str = Field("auto", description="Lightning strategy for several devices, e.g. ddp; auto on one device.")
-    precision: Literal["32-true", "16-mixed", "bf16-mixed"] = "32-true"
+    precision: Literal["auto", "32-true", "16-mixed", "bf16-mixed"] = Field(
+        "32-true", description="Lightning precision. auto: bf16-mixed where the device computes bf16 natively "
+        "(CUDA with bf16, or a CPU with AVX512-BF16/AMX), else 32-true; the choice is logged.",
+    )
     deterministic: bool = True
     progress_bar: bool = True
+
+    @model_validator(mode="after")
+    def _gbce_draws_uniformly(self) -> TrainConfig:
+        if self.loss == "gbce" and (self.negative_sampler != "uniform" or self.in_batch_negatives):
+            raise ValueError("loss gbce draws its negatives uniformly: set negative_sampler: uniform and "
+                             "in_batch_negatives: false")
+        return self
 
 
 class EvaluationConfig(Section):

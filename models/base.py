@@ -26,7 +26,8 @@ from torch import Tensor, nn
 
 from conf.schema import TrainConfig
 from models.data import EvalBatch, SequenceData, SequenceDataModule
-from models.device import uses_cuda
+from models.device import training_precision, uses_cuda
+from models.losses import FullSoftmax, NextItemLoss, build_loss
 from models.metrics import ndcg_at_k
 
 log = logging.getLogger(__name__)
@@ -179,7 +180,7 @@ class ResumableDataModule(SequenceDataModule):
 
 
 class SequentialRecommender(pl.LightningModule):
-    """Shared Lightning module: next-item full-softmax training, early stopping on valid NDCG@10.
+    """Shared Lightning module: next-item training (`train.loss`), early stopping on valid NDCG@10.
 
     Subclasses define `encode(history [B, T]) -> [B, T, H]`, the user's interest after each position
     (causal: position t sees items up to t only), and call `super().__init__` with H.
@@ -207,6 +208,20 @@ class SequentialRecommender(pl.LightningModule):
         """Score every item for interest vectors: [..., H] -> [..., n_items]."""
         return self.output(interest)
 
+    def output_rows(self, items: Tensor) -> tuple[Tensor, Tensor]:
+        """(vectors [..., H], bias [...]) of the given items: an item's score is interest · vector + bias."""
+        return self.output.weight[items], self.output.bias[items]
+
+    def candidate_scores(self, interest: Tensor, items: Tensor) -> Tensor:
+        """Scores of some items only (a sampled loss's candidates): interest [M, H], items [C] -> [M, C]."""
+        vectors, bias = self.output_rows(items)
+        return torch.addmm(bias.to(interest.dtype), interest, vectors.to(interest.dtype).T)
+
+    def target_scores(self, interest: Tensor, items: Tensor) -> Tensor:
+        """Each position's score for its own item: interest [M, H], items [M] -> [M]."""
+        vectors, bias = self.output_rows(items)
+        return (interest * vectors.to(interest.dtype)).sum(dim=-1) + bias.to(interest.dtype)
+
     def score_all(self, history: Tensor) -> Tensor:
         """Score every item from the interest at the last position: [B, T] -> [B, n_items]."""
         history = history.to(self.device)
@@ -219,7 +234,7 @@ class SequentialRecommender(pl.LightningModule):
         inputs, targets = batch  # [B, T] each
         labelled = targets > 0
         interest = self.encode(inputs)[labelled]  # [M, H]: only positions with a next item
-        loss = nn.functional.cross_entropy(self.item_scores(interest), targets[labelled])
+        loss = self.next_item_loss(self, interest, targets[labelled])
         self.log(TRAIN_LOSS, loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=int(labelled.sum()))
         return loss
 
@@ -237,6 +252,8 @@ class SequentialRecommender(pl.LightningModule):
 
     # Set by `fit` from TrainConfig: (factor, patience) of a plateau schedule, or None for a constant rate.
     lr_decay: tuple[float, int] | None = None
+    # Set by `fit` from train.loss (models/losses.py); full softmax until then.
+    next_item_loss: NextItemLoss = FullSoftmax()
 
     # Lightning saves a checkpoint at validation end and steps a plateau schedule only afterwards, at the
     # end of the epoch; on resume it skips that step (the metric it needs is not in the checkpoint). The
@@ -280,6 +297,7 @@ class SequentialRecommender(pl.LightningModule):
         started = time.perf_counter()
         pl.seed_everything(seed, workers=True)
         self.lr_decay = (train.lr_decay_factor, train.lr_decay_patience) if train.lr_decay_factor else None
+        self.next_item_loss = build_loss(train, data.train, self.n_items)
         resume_from = None
         if checkpoint_dir is not None:
             signature = fit_signature(self, data, train, seed)
@@ -300,7 +318,7 @@ class SequentialRecommender(pl.LightningModule):
             max_time={"minutes": train.max_minutes} if train.max_minutes else None,
             accelerator=train.accelerator,
             devices=train.devices, strategy=train.strategy,
-            precision=train.precision,
+            precision=training_precision(train.precision, train.accelerator),
             deterministic=train.deterministic,
             logger=list(loggers) or False,
             callbacks=[EarlyStopping(monitor=VALID_METRIC, mode="max", patience=train.patience), checkpoint],

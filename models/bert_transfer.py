@@ -88,12 +88,13 @@ class BertTransferRecommender(SequentialRecommender):
                              f"expected {tuple(self.item_text.shape)}")
         self.item_text.copy_(vectors)
 
-    def item_representations(self) -> Tensor:
-        """[n_items, H] representation of every item."""
-        items = self.adaptor(self.item_text)
-        if self.id_embedding is not None:
-            items = items + self.id_embedding.weight
-        return items
+    def item_representations(self, items: Tensor | None = None) -> Tensor:
+        """[n_items, H] representation of every item, or [..., H] of the given item_idx only."""
+        if items is None:
+            represented = self.adaptor(self.item_text)
+            return represented + self.id_embedding.weight if self.id_embedding is not None else represented
+        represented = self.adaptor(self.item_text[items])
+        return represented + self.id_embedding(items) if self.id_embedding is not None else represented
 
     def encode(self, history: Tensor) -> Tensor:
         """[B, T] left-padded item_idx -> [B, T, H] interest after each position (causal)."""
@@ -113,6 +114,10 @@ class BertTransferRecommender(SequentialRecommender):
         400 at the text model's width) and the softmax collapses onto one item: divide by sqrt(H).
         """
         return interest @ self.item_representations().T * self.logit_scale + self.item_bias
+
+    def output_rows(self, items: Tensor) -> tuple[Tensor, Tensor]:
+        """(scaled representations [..., H], bias [...]) of the given items, as `item_scores` uses them."""
+        return self.item_representations(items) * self.logit_scale, self.item_bias[items]
 
     def prepare_finetune(self) -> None:
         """Before fitting on the target: with finetune='adaptor', freeze the encoder's weights."""

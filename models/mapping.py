@@ -38,6 +38,7 @@ from conf.schema import TrainConfig
 from models.attention import SASRecRecommender
 from models.base import FitSummary, SequentialRecommender, save_payload
 from models.data import SequenceData, left_pad
+from models.device import training_precision
 from models.extractors import CaserRecommender, GRURecommender
 from models.transfer_data import SOURCE, TARGET, TransferViews
 
@@ -167,7 +168,8 @@ class MappingRecommender(nn.Module):
         trainer = pl.Trainer(
             max_epochs=self.max_epochs,
             max_time={"minutes": train.max_minutes} if train.max_minutes else None,
-            accelerator=train.accelerator, devices=train.devices, strategy=train.strategy, precision=train.precision,
+            accelerator=train.accelerator, devices=train.devices, strategy=train.strategy,
+            precision=training_precision(train.precision, train.accelerator),
             deterministic=train.deterministic, logger=list(loggers) or False,
             callbacks=[EarlyStopping(monitor=VALID_LOSS, mode="min", patience=self.patience), best],
             enable_checkpointing=False, enable_progress_bar=train.progress_bar, enable_model_summary=False,

@@ -18,7 +18,8 @@ import torch
 from conf.schema import EvaluationConfig, TrainConfig
 from models.base import rankable_scores
 from models.data import SequenceData, SequenceDataModule, left_pad, ranking_loader
-from models.device import on_device, pins_memory, scoring_device, uses_cuda
+from models.device import on_device, pins_memory, scoring_device, training_precision, uses_cuda
+from models import device as device_module
 from models.metrics import compute_metrics
 from models.registry import build_model
 from tasks.evaluation import candidate_mask, score_users
@@ -36,6 +37,16 @@ def small_model(kind: str, n_items: int):
 
 
 # --- choosing the device ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("has_bf16", "expected"), [(True, "bf16-mixed"), (False, "32-true")])
+def test_auto_precision_picks_bf16_exactly_where_the_cpu_computes_it_and_says_so(has_bf16, expected, monkeypatch,
+                                                                                 caplog):
+    monkeypatch.setattr(device_module, "cpu_computes_bf16", lambda: has_bf16)
+    with caplog.at_level("INFO", logger="models.device"):
+        assert training_precision("auto", "cpu") == expected
+    assert f"train.precision auto: {expected}" in caplog.text
+    assert training_precision("32-true", "cpu") == "32-true"  # an explicit choice stays as it is
+
 
 def test_cpu_preference_scores_on_the_cpu():
     assert scoring_device("cpu") == torch.device("cpu")

@@ -15,6 +15,6 @@ def data_flow(config: PipelineConfig, cache: CacheDir) -> PreparedData:
     raw = ingest(config.data, config.seed, cache, source_fingerprint(config.data), config.privacy,
                  pseudonym_key_id(config.privacy))
     prepared = preprocess(raw, config.preprocess, config.split, config.scenario, config.evaluation.group_attribute,
-                          cache)
+                          cache, config.seed)
     check_catalogue_size(prepared, config.evaluation.ks, config.export.top_k)  # before any training
     return prepared

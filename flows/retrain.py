@@ -63,7 +63,7 @@ def retrain_flow(config: PipelineConfig, new_events: EventLogConfig | None = Non
     run = open_run(config, flow_run.get_id())
     try:
         prepared = preprocess(update.raw, config.preprocess, config.split, config.scenario,
-                              config.evaluation.group_attribute, run.cache)
+                              config.evaluation.group_attribute, run.cache, config.seed)
         check_catalogue_size(prepared, config.evaluation.ks, config.export.top_k)
         label = config.models[0].name
         candidate = finetune(champion.model_file, champion.items["item_id"].to_list(), label, prepared, config,

@@ -39,11 +39,13 @@ TRAIN_LOSS = "curve/train_loss"
 
 @dataclass(frozen=True)
 class FitSummary:
-    """What a fit reports: epochs run, best validation NDCG@10 (None without validation), seconds."""
+    """What a fit reports: epochs run, best validation NDCG@10 (None without validation), seconds, and what
+    ended it: early_stopping (validation stopped improving), time_budget (train.max_minutes) or max_epochs."""
 
     epochs: int
     best_valid_ndcg: float | None
     seconds: float
+    stopped_by: str = ""
 
 
 class Recommender(Protocol):
@@ -352,10 +354,13 @@ class SequentialRecommender(pl.LightningModule):
             self.load_state_dict(best["state_dict"])
         best_score = checkpoint.best_model_score
         self.eval()
+        early = trainer.early_stopping_callback
         summary = FitSummary(
             epochs=trainer.current_epoch,
             best_valid_ndcg=float(best_score) if best_score is not None else None,
             seconds=time.perf_counter() - started,
+            stopped_by="early_stopping" if early is not None and early.stopped_epoch > 0
+            else "max_epochs" if trainer.current_epoch >= train.max_epochs else "time_budget",
         )
         if checkpoint_dir is not None:
             # Last: only a fit that ran to its end is marked finished.

@@ -7,7 +7,9 @@ Layout of `<output.root>/event_store/<config name>/`:
 
 The store starts as a copy of the configured dataset's ingested tables. Each new batch (a generic
 event log, validated by the events adapter) is deduplicated within itself and against the store on
-(user_id, item_id, timestamp), then appended; new items and users get rows of their own. Every file
+(user_id, item_id, timestamp), then appended; new items and users get rows of their own. Rows keep
+their arrival order (the dataset's, then each batch's in file order, batches in the order appended):
+under `preprocess.tie_order: file` that order ranks a user's events with equal timestamps. Every file
 is replaced atomically, the manifest last, so an interrupted append leaves the previous store intact.
 With `privacy.pseudonymize_users` each batch's user ids are pseudonymised with the store's key before
 anything else, so they match the stored ones; a store never mixes two keys, or pseudonyms and raw ids.
@@ -90,7 +92,7 @@ def append_batch(store: Path, batch: EventLogConfig, key: bytes | None = None) -
     current = pl.read_parquet(store / "interactions.parquet")
     incoming = align(frames.interactions.collect(), current.schema)
     unique = incoming.unique(subset=EVENT_KEY, keep="first", maintain_order=True)
-    fresh = unique.join(current.select(EVENT_KEY), on=EVENT_KEY, how="anti")
+    fresh = unique.join(current.select(EVENT_KEY), on=EVENT_KEY, how="anti", maintain_order="left")
     duplicates = incoming.height - fresh.height
 
     items = pl.read_parquet(store / "items.parquet")

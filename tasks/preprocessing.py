@@ -1,8 +1,13 @@
 """Preprocessing with Polars: clean, filter, index, order, split, and partition into source/target.
 
-Order of operations: optional rating threshold -> dedupe -> iterative k-core -> contiguous ids ->
-per-user time-ordered sequences -> temporal hold-out (last items by time are test, the ones
-before them valid, the rest train; RecBole's "LS/TO" protocol) -> source/target roles.
+Order of operations: tie-break key -> optional rating threshold -> dedupe -> iterative k-core ->
+contiguous ids -> per-user time-ordered sequences -> temporal hold-out (last items by time are test,
+the ones before them valid, the rest train; RecBole's "LS/TO" protocol) -> source/target roles.
+
+A user's events with equal timestamps are ordered by `preprocess.tie_order`: by default the input
+file's row order, which is what RecBole does (a stable sort of its atomic file by user, then time).
+Ordering them by item id instead (`id`, the behaviour before the setting) leaks: files keyed by
+title put same-second bursts in alphabetical order, and a model learns to predict it.
 
 `preprocess.engine: streaming` runs the same steps, built from this module's functions, through
 Parquet files in bounded memory (tasks/streaming_preprocessing.py); the output is the same.
@@ -27,6 +32,13 @@ from tasks.schemas import DataError
 
 log = logging.getLogger(__name__)
 
+# Last sort key of every per-user time order (see add_tie_break); it never reaches the written tables.
+TIE = "_tie"
+EVENT_COLUMNS = ["user_idx", "item_idx", "timestamp", "split"]  # the written events table
+# splitmix64 (Steele et al. 2014): its finaliser is a bijection of 64-bit words, so the shuffled keys
+# of distinct rows never collide; Polars' UInt64 arithmetic wraps like the reference's.
+GOLDEN_GAMMA = 0x9E3779B97F4A7C15
+
 
 @dataclass(frozen=True)
 class PreparedData:
@@ -42,6 +54,39 @@ class PreparedData:
     dropped_events: int
 
 
+def splitmix64(state: pl.Expr) -> pl.Expr:
+    """splitmix64's output function of a UInt64 state: a bijective, well-mixed scramble."""
+    def mixed(value: pl.Expr, shift: int, multiplier: int | None) -> pl.Expr:
+        value = value.xor(value // pl.lit(1 << shift, dtype=pl.UInt64))  # x ^ (x >> shift)
+        return value if multiplier is None else value * pl.lit(multiplier, dtype=pl.UInt64)
+
+    return mixed(mixed(mixed(state, 30, 0xBF58476D1CE4E5B9), 27, 0x94D049BB133111EB), 31, None)
+
+
+def add_tie_break(events: pl.LazyFrame, tie_order: str, seed: int | None = None) -> pl.LazyFrame:
+    """Events with a `_tie` column, the last key of every per-user time order.
+
+    Call it on the rows as read, before anything reorders them. `tie_order`: 'file' numbers the
+    rows (the input order), 'shuffle' scrambles those numbers with `seed` (the i-th output of
+    splitmix64 seeded with it: distinct, reproducible, random among ties), 'id' copies item_id.
+    """
+    if tie_order == "id":
+        return events.with_columns(pl.col("item_id").alias(TIE))
+    numbered = events.with_row_index(TIE).with_columns(pl.col(TIE).cast(pl.UInt64))
+    if tie_order == "file":
+        return numbered
+    if seed is None:
+        raise ValueError("preprocess.tie_order=shuffle needs the run's seed; none was given")
+    one, gamma = pl.lit(1, dtype=pl.UInt64), pl.lit(GOLDEN_GAMMA, dtype=pl.UInt64)
+    state = pl.lit(seed % 2**64, dtype=pl.UInt64) + (pl.col(TIE) + one) * gamma
+    return numbered.with_columns(splitmix64(state).alias(TIE))
+
+
+def time_order(user_column: str) -> list[str]:
+    """Sort keys putting each user's events in time order, ties by the `_tie` key."""
+    return [user_column, "timestamp", TIE]
+
+
 def filter_by_rating(events: pl.LazyFrame, min_rating: float | None) -> pl.LazyFrame:
     """Interactions rated at least `min_rating` (all of them when None)."""
     if min_rating is None:
@@ -50,10 +95,14 @@ def filter_by_rating(events: pl.LazyFrame, min_rating: float | None) -> pl.LazyF
 
 
 def dedupe(events: pl.LazyFrame, mode: str) -> pl.LazyFrame:
-    """Drop duplicate interactions: identical rows ('exact') or a user's repeats of an item ('user_item')."""
+    """Drop duplicate interactions: identical rows ('exact') or a user's repeats of an item ('user_item').
+
+    The first in time order is kept (ties by `_tie`), so that both engines keep the same row.
+    """
+    ordered = events.sort(time_order("user_id"))
     if mode == "exact":
-        return events.unique(maintain_order=True)
-    ordered = events.sort(["user_id", "timestamp", "item_id"])
+        columns = [c for c in events.collect_schema().names() if c != TIE]
+        return ordered.unique(subset=columns, keep="first", maintain_order=True)
     return ordered.unique(subset=["user_id", "item_id"], keep="first", maintain_order=True)
 
 
@@ -79,10 +128,10 @@ def assign_splits(events: pl.DataFrame, holdout: int) -> pl.DataFrame:
     """Label each event train/valid/test by its position from the end of the user's time order.
 
     The last `holdout` events are test, the `holdout` before them valid; ties in time are ordered
-    by item_idx so the same data always gives the same split. Users with fewer than
-    2·holdout + 1 events cannot train and are dropped.
+    by `_tie` (see add_tie_break) so the same data always gives the same split. Users with fewer
+    than 2·holdout + 1 events cannot train and are dropped.
     """
-    ordered = events.sort(["user_idx", "timestamp", "item_idx"])
+    ordered = events.sort(time_order("user_idx"))
     from_end = (pl.len() - 1 - pl.int_range(pl.len())).over("user_idx")
     return (
         ordered.filter(pl.len().over("user_idx") > 2 * holdout)
@@ -106,7 +155,8 @@ def assign_user_group_splits(events: pl.DataFrame, user_groups: pl.DataFrame, sp
     (test_groups) get their last event labelled valid (test) and the earlier ones 'context':
     read as history, never trained on. Every other user's events are all train.
     """
-    ordered = events.sort(["user_idx", "timestamp", "item_idx"]).join(user_groups, on="user_idx", how="left")
+    ordered = events.sort(time_order("user_idx")).join(user_groups, on="user_idx", how="left",
+                                                        maintain_order="left")  # `last` reads the order
     last = pl.int_range(pl.len()).over("user_idx") == pl.len().over("user_idx") - 1
     held_out = (
         pl.when(pl.col("_group").is_in(split.valid_groups)).then(pl.lit("valid"))
@@ -121,8 +171,8 @@ def assign_user_group_splits(events: pl.DataFrame, user_groups: pl.DataFrame, sp
 
 
 def build_sequences(events: pl.DataFrame) -> pl.DataFrame:
-    """One row per user with the time-ordered item_idx lists of each split."""
-    ordered = events.sort(["user_idx", "timestamp", "item_idx"])
+    """One row per user with the time-ordered item_idx lists of each split (ties by `_tie`)."""
+    ordered = events.sort(time_order("user_idx"))
     return (
         ordered.group_by("user_idx", maintain_order=True)
         .agg(
@@ -177,8 +227,9 @@ def check_partition(users: pl.DataFrame, items: pl.DataFrame, scenario: Scenario
 
 
 def index_events(events: pl.DataFrame, user_map: pl.DataFrame, item_map: pl.DataFrame) -> pl.DataFrame:
-    """Events with user_idx and item_idx in place of the raw ids."""
-    return events.join(user_map, on="user_id").join(item_map, on="item_id").select("user_idx", "item_idx", "timestamp")
+    """Events with user_idx and item_idx in place of the raw ids (and their `_tie`)."""
+    return events.join(user_map, on="user_id").join(item_map, on="item_id").select(
+        "user_idx", "item_idx", "timestamp", TIE)
 
 
 def user_groups_of(user_map: pl.DataFrame, users_raw: pl.DataFrame, split: SplitConfig,
@@ -235,8 +286,12 @@ def renumber_users(events: pl.DataFrame, start: int = 1) -> pl.DataFrame:
 
 
 def apply_renumbering(frame: pl.DataFrame, renumber: pl.DataFrame) -> pl.DataFrame:
-    """`frame` with its user_idx replaced by the renumbered one; users missing from `renumber` are dropped."""
-    return frame.join(renumber, on="user_idx").drop("user_idx").rename({"new_idx": "user_idx"})
+    """`frame` with its user_idx replaced by the renumbered one; users missing from `renumber` are dropped.
+
+    Rows keep their order: the renumbering is monotone, so time-ordered events stay time-ordered.
+    """
+    return (frame.join(renumber, on="user_idx", maintain_order="left").drop("user_idx")
+            .rename({"new_idx": "user_idx"}))
 
 
 def describe_users_and_items(user_map: pl.DataFrame, item_map: pl.DataFrame, users_raw: pl.DataFrame,
@@ -251,10 +306,12 @@ def describe_users_and_items(user_map: pl.DataFrame, item_map: pl.DataFrame, use
 
 
 def output_dir(raw: RawTables, preprocess: PreprocessConfig, split: SplitConfig, scenario: ScenarioConfig,
-               group_attribute: str | None, cache_root: Path) -> Path:
+               group_attribute: str | None, cache_root: Path, seed: int | None = None) -> Path:
     """The cache folder of one preprocessing configuration of one raw dataset."""
+    # The seed changes the output only through a shuffled tie order: other runs share the folder.
+    tie_seed = seed if preprocess.tie_order == "shuffle" else None
     key = fingerprint_text(raw.interactions.fingerprint, preprocess.model_dump(), split.model_dump(),
-                           scenario.model_dump(), group_attribute)
+                           scenario.model_dump(), group_attribute, tie_seed)
     return cache_root / f"preprocess-{key}"
 
 
@@ -273,16 +330,21 @@ def prepare_data(
     scenario: ScenarioConfig,
     group_attribute: str | None,
     cache_root: Path,
+    seed: int | None = None,
 ) -> PreparedData:
-    """Run every preprocessing step on the raw tables and write the results as Parquet."""
+    """Run every preprocessing step on the raw tables and write the results as Parquet.
+
+    `seed`: the run's seed, which orders equal timestamps under `preprocess.tie_order: shuffle`.
+    """
     if preprocess.engine == "streaming":
         from tasks.streaming_preprocessing import prepare_data_streaming  # imports this module's pieces
 
-        return prepare_data_streaming(raw, preprocess, split, scenario, group_attribute, cache_root)
+        return prepare_data_streaming(raw, preprocess, split, scenario, group_attribute, cache_root, seed=seed)
     interactions = scan_table(raw.interactions, schemas.INTERACTIONS, "interactions")
     raw_count = interactions.select(pl.len()).collect().item()
-    filtered = dedupe(filter_by_rating(interactions, preprocess.min_rating), preprocess.dedupe)
-    cored = k_core(filtered.select("user_id", "item_id", "timestamp").collect(), preprocess.k_core)
+    numbered = add_tie_break(interactions, preprocess.tie_order, seed)  # before anything reorders the rows
+    filtered = dedupe(filter_by_rating(numbered, preprocess.min_rating), preprocess.dedupe)
+    cored = k_core(filtered.select("user_id", "item_id", "timestamp", TIE).collect(), preprocess.k_core)
     check_core_not_empty(cored.height, raw, preprocess)
     user_map, item_map = index_ids(cored, "user_id"), index_ids(cored, "item_id")
     users_raw = pl.read_parquet(raw.users.path)
@@ -292,14 +354,16 @@ def prepare_data(
     check_split_not_empty(labels, events.height, groups, split, raw)
     # Users dropped by the split lose their index so that user_idx stays contiguous.
     renumber = renumber_users(events)
-    events = apply_renumbering(events, renumber).select("user_idx", "item_idx", "timestamp", "split")
+    events = apply_renumbering(events, renumber)
+    sequences = build_sequences(events)
+    events = events.select(EVENT_COLUMNS)
     user_map = apply_renumbering(user_map, renumber)
     users, items = describe_users_and_items(user_map, item_map, users_raw, raw, scenario, group_attribute)
 
-    out_dir = output_dir(raw, preprocess, split, scenario, group_attribute, cache_root)
+    out_dir = output_dir(raw, preprocess, split, scenario, group_attribute, cache_root, seed)
     prepared = PreparedData(
         events=write_parquet(events, out_dir / "events.parquet"),
-        sequences=write_parquet(build_sequences(events), out_dir / "sequences.parquet"),
+        sequences=write_parquet(sequences, out_dir / "sequences.parquet"),
         users=write_parquet(users, out_dir / "users.parquet"),
         items=write_parquet(items, out_dir / "items.parquet"),
         n_users=users.height,
@@ -337,6 +401,7 @@ def preprocess(
     scenario: ScenarioConfig,
     group_attribute: str | None,
     cache: CacheDir,
+    seed: int | None = None,
 ) -> PreparedData:
-    """Prefect task: preprocess the raw tables into indexed, split sequences."""
-    return prepare_data(raw, preprocess_cfg, split, scenario, group_attribute, cache.path)
+    """Prefect task: preprocess the raw tables into indexed, split sequences (`seed`: the run's)."""
+    return prepare_data(raw, preprocess_cfg, split, scenario, group_attribute, cache.path, seed)

@@ -8,8 +8,10 @@ in memory one bucket at a time: a bucket is a range of user ids holding about `e
 events. In Polars 2.1 the streaming engine keeps sort, unique, over-windows and list aggregation
 in memory (measured: peak RSS grows with the events), hence the buckets.
 
-1. count events per user (streamed group-by) and cut the sorted user ids into buckets;
-2. write the rating-filtered events into one Parquet file per bucket (streamed, partitioned sink);
+1. number the rows as read (the tie-break key, `tasks.preprocessing.add_tie_break`), count events
+   per user (streamed group-by) and cut the sorted user ids into buckets;
+2. write the rating-filtered events into one Parquet file per bucket (streamed, partitioned sink;
+   the files' row order does not matter from here on: every ordering step sorts by the key);
 3. dedupe each bucket (in memory, one bucket at a time);
 4. k-core: count users and items over all buckets (streamed), rewrite each bucket without the
    users and items below k (streamed), until every count reaches k;
@@ -18,7 +20,8 @@ in memory (measured: peak RSS grows with the events), hence the buckets.
 6. concatenate the buckets' events and sequences into the output files (streamed, atomic).
 
 Buckets are ranges of user_id in sorted order and user_idx follows sorted user_id, so
-concatenating the buckets in order gives the memory engine's rows in its order.
+concatenating the buckets in order gives the memory engine's rows in its order. Equal timestamps
+are ordered by the same key in both engines, numbered over the whole input before it is bucketed.
 """
 from __future__ import annotations
 
@@ -32,7 +35,10 @@ from tasks import schemas
 from tasks.ingestion import RawTables, sink_parquet
 from tasks.io import scan_table, write_parquet
 from tasks.preprocessing import (
+    EVENT_COLUMNS,
+    TIE,
     PreparedData,
+    add_tie_break,
     apply_renumbering,
     build_sequences,
     check_core_not_empty,
@@ -82,12 +88,12 @@ def partition_by_user(events: pl.LazyFrame, buckets: pl.DataFrame, folder: Path)
 
 
 def dedupe_buckets(buckets: list[list[Path]], mode: str, folder: Path) -> list[Path]:
-    """One deduplicated Parquet file (user_id, item_id, timestamp) per bucket; the raw files are deleted."""
+    """One deduplicated Parquet file (user_id, item_id, timestamp, _tie) per bucket; the raw files are deleted."""
     folder.mkdir(parents=True)
     deduped = []
     for number, files in enumerate(buckets):
         path = folder / f"{number:06d}.parquet"
-        frame = dedupe(pl.scan_parquet(files), mode).select("user_id", "item_id", "timestamp")
+        frame = dedupe(pl.scan_parquet(files), mode).select("user_id", "item_id", "timestamp", TIE)
         frame.sink_parquet(path, engine="streaming")
         for file in files:
             file.unlink()
@@ -128,11 +134,13 @@ def prepare_data_streaming(
     group_attribute: str | None,
     cache_root: Path,
     events_per_bucket: int = EVENTS_PER_BUCKET,
+    seed: int | None = None,
 ) -> PreparedData:
     """`prepare_data` with every pass over all events streamed through Parquet (see the module docstring)."""
     interactions = scan_table(raw.interactions, schemas.INTERACTIONS, "interactions")
     raw_count = interactions.select(pl.len()).collect(engine="streaming").item()
-    filtered = filter_by_rating(interactions, preprocess.min_rating)
+    numbered = add_tie_break(interactions, preprocess.tie_order, seed)  # before the bucketing reorders rows
+    filtered = filter_by_rating(numbered, preprocess.min_rating)
     cache_root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".preprocess-streaming-", dir=cache_root) as temporary:
         work = Path(temporary)
@@ -153,11 +161,12 @@ def prepare_data_streaming(
             if events.is_empty():
                 continue
             renumber = renumber_users(events, start=n_kept_users + 1)
-            events = apply_renumbering(events, renumber).select("user_idx", "item_idx", "timestamp", "split")
+            events = apply_renumbering(events, renumber)
             event_parts.append(work / f"events-{number:06d}.parquet")
             sequence_parts.append(work / f"sequences-{number:06d}.parquet")
-            events.write_parquet(event_parts[-1])
             build_sequences(events).write_parquet(sequence_parts[-1])
+            events = events.select(EVENT_COLUMNS)
+            events.write_parquet(event_parts[-1])
             renumbers.append(renumber)
             labels |= set(events["split"].unique().to_list())
             n_events += events.height
@@ -166,7 +175,7 @@ def prepare_data_streaming(
         user_map = apply_renumbering(user_map, pl.concat(renumbers))
         users, items = describe_users_and_items(user_map, item_map, users_raw, raw, scenario, group_attribute)
 
-        out_dir = output_dir(raw, preprocess, split, scenario, group_attribute, cache_root)
+        out_dir = output_dir(raw, preprocess, split, scenario, group_attribute, cache_root, seed)
         prepared = PreparedData(
             events=sink_parquet(pl.scan_parquet(event_parts), out_dir / "events.parquet"),
             sequences=sink_parquet(pl.scan_parquet(sequence_parts), out_dir / "sequences.parquet"),

@@ -45,6 +45,7 @@ class TrainedModel:
     train_on: str = "pooled"  # its training regime
     reads: str = "all"  # which items of a history it reads: all, target or source
     target_fraction: float | None = None  # share of the target's training data it saw (transfer runs)
+    stopped_by: str = ""  # early_stopping, time_budget or max_epochs (FitSummary); empty for models without epochs
 
 
 def training_settings(config: PipelineConfig) -> PipelineConfig:
@@ -111,7 +112,7 @@ def fit_regime(model: Recommender, regime: str, data: SequenceData, views: Trans
     # The fine-tune starts from the weights the source stage ended with (its best epoch).
     finetuned = model.fit(views.target, train, seed, loggers=loggers, checkpoint_dir=checkpoint_dir / "target")
     return FitSummary(pretrained.epochs + finetuned.epochs, finetuned.best_valid_ndcg,
-                      pretrained.seconds + finetuned.seconds)
+                      pretrained.seconds + finetuned.seconds, finetuned.stopped_by)
 
 
 def lock_file(folder: Path) -> Path:
@@ -163,7 +164,8 @@ def train_recommender(prepared: PreparedData, planned: PlannedModel, config: Pip
             record = json.loads(record_path.read_text(encoding="utf-8"))
             log.info("trained %s reused from %s (trained in MLflow run %s)", planned.label, out_dir,
                      record["training_run_id"])
-            summary = FitSummary(record["epochs"], record["best_valid_ndcg"], record["seconds"])
+            summary = FitSummary(record["epochs"], record["best_valid_ndcg"], record["seconds"],
+                                 record.get("stopped_by", ""))
             return trained_model(planned, regime, config, model_path, summary, record["training_run_id"])
         views = (load_views(prepared, config.scenario, config.transfer, planned.target_fraction, seed)
                  if config.is_transfer() else None)
@@ -180,8 +182,9 @@ def train_recommender(prepared: PreparedData, planned: PlannedModel, config: Pip
                              pretrain_dir)
         model.save(model_path)
         write_json(asdict(summary) | {"training_run_id": mlflow_run_id}, record_path)  # last: marks it finished
-    log.info("trained %s (%s, %s): %d epochs, best valid NDCG@10 %s, %.1f s", planned.label, model_cfg.kind, regime,
-             summary.epochs, summary.best_valid_ndcg, summary.seconds)
+    log.info("trained %s (%s, %s): %d epochs, best valid NDCG@10 %s, %.1f s, stopped by %s", planned.label,
+             model_cfg.kind, regime, summary.epochs, summary.best_valid_ndcg, summary.seconds,
+             summary.stopped_by or "its own rule")
     return trained_model(planned, regime, config, model_path, summary, mlflow_run_id)
 
 
@@ -190,7 +193,7 @@ def trained_model(planned: PlannedModel, regime: str, config: PipelineConfig, mo
     """The TrainedModel record of a saved model file."""
     return TrainedModel(planned.label, planned.model.kind, TableRef(str(model_path), fingerprint_file(model_path)),
                         summary.epochs, summary.best_valid_ndcg, summary.seconds, training_run_id,
-                        config_name=planned.model.name, train_on=regime,
+                        config_name=planned.model.name, train_on=regime, stopped_by=summary.stopped_by,
                         reads="source" if regime == "mapping" else reads_of(regime, config.scenario.partition),
                         target_fraction=planned.target_fraction)
 

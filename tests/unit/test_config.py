@@ -71,6 +71,7 @@ def test_extends_lets_child_keys_win_over_the_parent(tmp_path):
         ({"train": {"max_epoch": 3}}, "train.max_epoch: unknown key"),
         ({"train": {"max_epochs": "many"}}, "train.max_epochs: Input should be a valid integer"),
         ({"preprocess": {"k_core": -1}}, "preprocess.k_core: Input should be greater than or equal to 1"),
+        ({"preprocess": {"tie_order": "time"}}, "preprocess.tie_order: Input should be 'file', 'shuffle' or 'id'"),
         (
             {"data": {"synthetic": {"n_items": 20}}, "evaluation": {"ks": [50]}},
             "evaluation.ks: K=50 must be smaller than the catalogue (20 items)",
@@ -91,7 +92,7 @@ def test_extends_lets_child_keys_win_over_the_parent(tmp_path):
         ({"models": [{"kind": "popularity"}, {"kind": "rnn", "hidden_dim": "wide"}]}, "models.1.hidden_dim: Input"),
     ],
     ids=[
-        "unknown-key", "wrong-type", "negative-k-core", "ks-not-below-catalogue", "top-k-not-below-catalogue",
+        "unknown-key", "wrong-type", "negative-k-core", "unknown-tie-order", "ks-not-below-catalogue", "top-k-not-below-catalogue",
         "source-equals-target", "target-not-a-group", "unknown-model-kind", "duplicate-model-names",
         "run-name-escapes-folder", "model-field-path",
     ],

@@ -90,6 +90,15 @@ def test_score_users_on_valid_reads_only_the_training_history(popularity):
     assert per_user["ndcg_at_3"].to_list() == pytest.approx([0.5, G3, 1.0])
 
 
+def test_score_users_ranks_items_of_equal_popularity_by_lower_item_idx(popularity):
+    # Valid split, seen items kept: everyone gets 1, 2, 3, 4, 5 (3 and 4 tie; 3 is the lower item_idx).
+    # u0's valid item 5 at rank 4, u1's item 4 at rank 3 (never 2), u2's item 3 at rank 2 (never 3).
+    cfg = EvaluationConfig(ks=[5], exclude_seen=False)
+    _, per_user = score_users(popularity, HAND, "valid", cfg, max_seq_len=4)
+    assert per_user["ndcg_at_5"].to_list() == pytest.approx([G6, G5, 0.5])
+    assert per_user["mrr_at_5"].to_list() == pytest.approx([1 / 5, 1 / 4, 1 / 3])
+
+
 PER_USER = pl.DataFrame({"ndcg_at_10": [0.2, 0.4, 0.9, 0.5], "hit_at_10": [1.0, 0.0, 1.0, 1.0],
                          "ndcg_at_5": [0.1, 0.0, 0.8, 0.3]})
 GROUPS = pl.Series("gender", ["F", "M", "F", "M"])
@@ -166,15 +175,14 @@ def test_recommend_top_k_with_popularity_gives_the_most_popular_unseen_items():
     data = SequenceData(8, train=[np.array([1, 2, 3]), np.array([1, 2]), np.array([1, 4])],
                         valid=[np.array([4]), np.array([3]), np.array([5])],
                         test=[np.array([5]), np.array([6]), np.array([6])])
-    # Training counts: 1 ×3, 2 ×2, 3 ×1, 4 ×1, others 0.
+    # Training counts: 1 ×3, 2 ×2, 3 ×1, 4 ×1, others 0; equal counts rank by lower item_idx first,
+    # so the rank scores are 1: 7, 2: 6, 3: 5, 4: 4, 5: 3, 6: 2, 7: 1.
     model = PopularityRecommender(data.n_items)
     model.fit(data)
     users, items, scores = recommend_top_k(model, data, top_k=2, max_seq_len=5)
-    # u0 saw 1..5 -> 6, 7 (both 0); u1 saw {1,2,3,6} -> 4, then 5 or 7; u2 saw {1,4,5,6} -> 2, 3.
-    assert set(items[0:2].tolist()) == {6, 7}
-    assert items[2] == 4 and items[3] in {5, 7}
-    assert items[4:6].tolist() == [2, 3]
-    assert scores[4:6].tolist() == [2.0, 1.0]
+    # u0 saw 1..5 -> 6, 7 (both 0); u1 saw {1,2,3,6} -> 4, then 5 (ties 7); u2 saw {1,4,5,6} -> 2, 3.
+    assert items.tolist() == [6, 7, 4, 5, 2, 3]
+    assert scores.tolist() == [2.0, 1.0, 4.0, 3.0, 6.0, 5.0]
 
 
 def trained(name: str) -> TrainedModel:

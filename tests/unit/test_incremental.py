@@ -8,13 +8,14 @@ import polars as pl
 import pytest
 import torch
 
-from conf.schema import EventLogConfig
+from conf.schema import EventLogConfig, PreprocessConfig, ScenarioConfig, SplitConfig
 from models.registry import build_model
 from models.warm_start import RemappedRecommender, new_to_old_index, warm_start
 from tasks.event_store import new_batches, read_manifest, update_store
 from tasks.gate import decide
 from tasks.ingestion import RawTables
 from tasks.io import TableRef, fingerprint_file
+from tasks.preprocessing import prepare_data
 from tasks.schemas import DataError
 
 OLD_IDS = ["a", "b", "c", "d"]
@@ -132,3 +133,21 @@ def test_a_bad_batch_names_the_file_and_leaves_the_store_as_it_was(tmp_path):
     with pytest.raises(DataError, match="missing.csv does not exist"):
         new_batches(store, EventLogConfig(interactions=str(tmp_path / "missing.csv")))
     assert json.loads((store / "manifest.json").read_text())["batches"] == []
+
+
+def test_the_store_keeps_arrival_order_so_file_ties_follow_it_after_an_append(tmp_path):
+    base, store = raw_tables(tmp_path / "base"), tmp_path / "store"
+    first, second = tmp_path / "first.csv", tmp_path / "second.csv"
+    # u1 gets three events at t=50 over two batches, arriving i9, i5 then i3 (the reverse of id order).
+    first.write_text("user_id,item_id,timestamp\nu1,i9,50\nu2,i2,40\nu1,i5,50\n")
+    second.write_text("user_id,item_id,timestamp\nu1,i9,50\nu1,i3,50\n")  # i9 again: a duplicate
+    update_store(store, base, new_batches(store, EventLogConfig(interactions=str(first))))
+    update = update_store(store, base, new_batches(store, EventLogConfig(interactions=str(second))))
+    arrived = pl.read_parquet(store / "interactions.parquet").select("user_id", "item_id").rows()
+    assert arrived == [("u1", "i1"), ("u1", "i2"), ("u2", "i1"), ("u1", "i9"), ("u2", "i2"), ("u1", "i5"),
+                       ("u1", "i3")]
+    none = ScenarioConfig(partition="none", source=None, target=None)
+    prepared = prepare_data(update.raw, PreprocessConfig(k_core=1), SplitConfig(), none, None, tmp_path / "cache")
+    items = pl.read_parquet(prepared.items.path).sort("item_idx")["item_id"].to_list()
+    row = pl.read_parquet(prepared.sequences.path).row(0, named=True)
+    assert [items[i - 1] for i in row["train"] + row["valid"] + row["test"]] == ["i1", "i2", "i9", "i5", "i3"]

@@ -157,9 +157,24 @@ def test_popularity_ranks_by_training_counts_and_never_scores_padding():
     scores = model.score_all(torch.tensor([[0, 1], [2, 3]]))  # [B, n_items], same row for everyone
     assert scores.shape == (2, 6)
     assert torch.isneginf(scores[:, 0]).all()
-    assert scores[0].tolist()[1:] == [1.0, 3.0, 2.0, 0.0, 0.0]
+    # Rank scores: 2 (×3) 5, 3 (×2) 4, 1 (×1) 3, then the tie 4, 5 (×0) by item_idx: 2, 1.
+    assert scores[0].tolist()[1:] == [3.0, 5.0, 4.0, 2.0, 1.0]
     assert torch.equal(scores[0], scores[1])
     assert scores[0].argsort(descending=True)[:3].tolist() == [2, 3, 1]
+
+
+def test_popularity_ranks_equal_counts_by_lower_item_idx_first_through_topk():
+    # Counts: items 2, 5, 7 ×2; items 1, 4, 6 ×1; item 3 ×0. Every tie goes to the lower item_idx.
+    data = SequenceData(8, train=[np.array([7, 5, 2, 6]), np.array([2, 5, 7, 4, 1])],
+                        valid=[np.array([3]), np.array([3])], test=[np.array([3]), np.array([3])])
+    model = PopularityRecommender(8)
+    model.fit(data)
+    scores = model.score_all(torch.zeros(2, 3, dtype=torch.long))  # [B, n_items]
+    assert torch.topk(scores, 7, dim=1).indices.tolist() == [[2, 5, 7, 1, 4, 6, 3]] * 2
+    assert len(set(scores[0, 1:].tolist())) == 7  # distinct: nothing left to topk's tie order
+    # Large equal counts stay distinct (a count-plus-fraction score would round them together in float32).
+    model.counts = torch.tensor([0.0] + [2.0**25] * 7)
+    assert model.score_all(torch.zeros(1, 1, dtype=torch.long)).topk(7).indices.tolist() == [[1, 2, 3, 4, 5, 6, 7]]
 
 
 def test_rankable_scores_masks_seen_items_only_when_asked():
@@ -196,6 +211,18 @@ def test_short_fit_reports_valid_ndcg_keeps_best_weights_and_writes_a_checkpoint
         scores = rankable_scores(model, batch, exclude_seen=True)
     relevant = batch.mask(batch.target_rows, batch.target_items, data.n_items)
     assert ndcg_at_k(scores, relevant, k=10).mean().item() == pytest.approx(summary.best_valid_ndcg, abs=1e-5)
+
+
+@pytest.mark.parametrize(("settings", "learning_rate", "stopped_by"), [
+    ({"max_epochs": 2}, 1e-3, "max_epochs"),
+    ({"max_epochs": 50, "patience": 1}, 1e-12, "early_stopping"),  # the weights, so validation, never move
+    ({"max_epochs": 50, "max_minutes": 1e-6}, 1e-3, "time_budget"),
+])
+def test_a_fit_says_what_stopped_it(settings, learning_rate, stopped_by, tiny_data, tmp_path):
+    options = SMALL_OPTIONS["rnn"] | {"max_seq_len": 10, "learning_rate": learning_rate}
+    model = build_model("rnn", tiny_data.n_items, options)
+    train = TrainConfig(progress_bar=False, batch_size=32, accelerator="cpu", **settings)
+    assert model.fit(tiny_data, train, seed=0, checkpoint_dir=tmp_path).stopped_by == stopped_by
 
 
 def test_learning_rate_decays_on_the_validation_metric_when_asked(tiny_data, tmp_path):

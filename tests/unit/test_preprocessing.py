@@ -9,9 +9,12 @@ import pytest
 
 from conf.loading import load_config, preset_path
 from conf.schema import PipelineConfig, PreprocessConfig, ScenarioConfig, SplitConfig
-from tasks.ingestion import ingest_dataset
+from tasks.ingestion import RawTables, ingest_dataset
+from tasks.io import write_parquet
 from tasks.preprocessing import (
+    TIE,
     PreparedData,
+    add_tie_break,
     assign_roles,
     assign_splits,
     assign_user_group_splits,
@@ -32,10 +35,17 @@ def interactions(rows: list[tuple[str, str, int]]) -> pl.DataFrame:
                         orient="row")
 
 
-def indexed_events(rows: list[tuple[int, int, int]]) -> pl.DataFrame:
-    """Indexed events from (user_idx, item_idx, timestamp) rows."""
-    return pl.DataFrame(rows, schema={"user_idx": pl.Int32, "item_idx": pl.Int32, "timestamp": pl.Int64},
-                        orient="row")
+def indexed_events(rows: list[tuple[int, int, int]], tie_order: str = "file") -> pl.DataFrame:
+    """Indexed events from (user_idx, item_idx, timestamp) rows, ties broken by row order ('file') or item ('id')."""
+    frame = pl.DataFrame(rows, schema={"user_idx": pl.Int32, "item_idx": pl.Int32, "timestamp": pl.Int64},
+                         orient="row")
+    tie = pl.int_range(pl.len(), dtype=pl.UInt64) if tie_order == "file" else pl.col("item_idx")
+    return frame.with_columns(tie.alias(TIE))
+
+
+def deduped(events: pl.DataFrame, mode: str) -> pl.DataFrame:
+    """`dedupe` on raw rows numbered in file order, without the tie-break column."""
+    return dedupe(add_tie_break(events.lazy(), "file"), mode).collect().drop(TIE)
 
 
 def pairs(frame: pl.DataFrame) -> list[tuple[str, str]]:
@@ -65,14 +75,14 @@ def test_filter_by_rating_none_keeps_everything():
 
 def test_dedupe_user_item_keeps_the_earliest_event_of_a_repeated_pair():
     events = interactions([("a", "x", 50), ("a", "y", 30), ("a", "x", 20), ("b", "x", 70), ("a", "x", 90)])
-    kept = dedupe(events.lazy(), "user_item").collect()
+    kept = deduped(events, "user_item")
     # (a, x) happened at 50, 20 and 90: only t=20 survives; (b, x) is another user's pair and stays.
     assert sorted(kept.iter_rows()) == [("a", "x", 20), ("a", "y", 30), ("b", "x", 70)]
 
 
 def test_dedupe_exact_drops_identical_rows_but_keeps_repeats_at_other_times():
     events = interactions([("a", "x", 50), ("a", "x", 50), ("a", "x", 90), ("b", "x", 50)])
-    kept = dedupe(events.lazy(), "exact").collect()
+    kept = deduped(events, "exact")
     assert sorted(kept.iter_rows()) == [("a", "x", 50), ("a", "x", 90), ("b", "x", 50)]
 
 
@@ -152,12 +162,25 @@ def test_split_never_puts_a_later_event_before_an_earlier_split():
             assert by_split["valid"]["last"] <= by_split["test"]["first"]
 
 
-def test_ties_in_time_are_ordered_by_item_idx_whatever_the_input_order():
-    # Items 9 and 4 share the last timestamp: ordered 4 then 9, so 9 is test and 4 valid.
+def test_ties_in_time_follow_the_tie_key_file_order_or_item_idx():
+    # Items 9 and 4 share the last timestamp. File order: 9 then 4, so 4 is test and 9 valid.
     rows = [(1, 9, 300), (1, 2, 100), (1, 4, 300), (1, 7, 200)]
+    assert splits_by_item(assign_splits(indexed_events(rows), 1), 1) == {2: "train", 7: "train", 9: "valid",
+                                                                            4: "test"}
+    assert splits_by_item(assign_splits(indexed_events(rows[::-1]), 1), 1) == {2: "train", 7: "train",
+                                                                                  4: "valid", 9: "test"}
+    # By item_idx ('id'): 4 then 9 whatever the input order.
     expected = {2: "train", 7: "train", 4: "valid", 9: "test"}
-    assert splits_by_item(assign_splits(indexed_events(rows), 1), 1) == expected
-    assert splits_by_item(assign_splits(indexed_events(rows[::-1]), 1), 1) == expected
+    assert splits_by_item(assign_splits(indexed_events(rows, "id"), 1), 1) == expected
+    assert splits_by_item(assign_splits(indexed_events(rows[::-1], "id"), 1), 1) == expected
+
+
+def test_dedupe_keeps_the_first_of_a_pair_repeated_at_one_time_in_file_order():
+    # (a, x) twice at t=5 around (a, y): the first x is kept, so x stays before y among the ties.
+    events = add_tie_break(interactions([("a", "x", 5), ("a", "y", 5), ("a", "x", 5)]).lazy(), "file")
+    for mode in ("user_item", "exact"):
+        kept = dedupe(events, mode).collect()
+        assert kept.sort("timestamp", TIE).select("item_id", TIE).rows() == [("x", 0), ("y", 1)]
 
 
 def test_users_with_too_few_events_for_the_holdout_are_dropped():
@@ -309,3 +332,85 @@ def test_prepare_data_gives_the_same_sequences_for_the_same_config_and_seed(tiny
 def test_prepare_data_raises_when_k_core_leaves_nothing(tiny_config, tmp_path):
     with pytest.raises(DataError, match=r"no interactions left after .*preprocess\.k_core=10000; lower them"):
         prepare(tiny_config, tmp_path, PreprocessConfig(k_core=10_000))
+
+
+# --- equal timestamps: preprocess.tie_order ----------------------------------------------------
+
+# u1's last three events share t=300; the file lists them i3, i1, i2 (id order: i1, i2, i3) and
+# repeats i3 after them (dropped by either dedupe). Items i1..i6 get item_idx 1..6.
+TIED_ROWS = [("u1", "i5", 100), ("u1", "i6", 200), ("u1", "i3", 300), ("u1", "i1", 300), ("u1", "i2", 300),
+             ("u1", "i3", 300), ("u2", "i4", 50), ("u2", "i1", 60), ("u2", "i2", 60), ("u2", "i6", 70)]
+
+
+def write_tied_raw(folder: Path) -> RawTables:
+    """TIED_ROWS as ingested raw tables (bare users and items)."""
+    events = interactions(TIED_ROWS)
+    items = events.select(pl.col("item_id").unique().sort()).with_columns(
+        title=pl.col("item_id"), category=pl.lit("c"), domain=pl.lit("books"))
+    return RawTables(write_parquet(events, folder / "raw" / "interactions.parquet"),
+                     write_parquet(items, folder / "raw" / "items.parquet"),
+                     write_parquet(events.select(pl.col("user_id").unique().sort()), folder / "raw" / "users.parquet"))
+
+
+def tied_sequence(raw: RawTables, folder: Path, tie_order: str, seed: int | None = None,
+                  dedupe_mode: str = "user_item") -> list[int]:
+    """u1's item_idx sequence (train, valid, test) after prepare_data under `tie_order`."""
+    prepared = prepare_data(raw, PreprocessConfig(k_core=1, tie_order=tie_order, dedupe=dedupe_mode), SplitConfig(),
+                            ScenarioConfig(partition="none", source=None, target=None), None, folder, seed)
+    row = pl.read_parquet(prepared.sequences.path).row(0, named=True)
+    return row["train"] + row["valid"] + row["test"]
+
+
+@pytest.mark.parametrize("dedupe_mode", ["user_item", "exact"])
+def test_file_tie_order_keeps_the_file_order_of_equal_timestamps(tmp_path, dedupe_mode):
+    sequence = tied_sequence(write_tied_raw(tmp_path), tmp_path, "file", dedupe_mode=dedupe_mode)
+    assert sequence == [5, 6, 3, 1, 2]  # test: i2, the tied event listed last in the file
+
+
+def test_id_tie_order_orders_equal_timestamps_by_item_id(tmp_path):
+    assert tied_sequence(write_tied_raw(tmp_path), tmp_path, "id") == [5, 6, 1, 2, 3]
+
+
+def test_shuffle_tie_order_is_fixed_by_the_seed_and_changes_with_it(tmp_path):
+    raw = write_tied_raw(tmp_path)
+    first = tied_sequence(raw, tmp_path / "a", "shuffle", seed=42)
+    assert tied_sequence(raw, tmp_path / "b", "shuffle", seed=42) == first
+    assert first[:2] == [5, 6] and sorted(first[2:]) == [1, 2, 3]  # only the tied events move
+    others = {tuple(tied_sequence(raw, tmp_path / f"s{seed}", "shuffle", seed=seed)) for seed in range(8)}
+    assert len(others - {tuple(first)}) > 0
+
+
+def test_shuffle_tie_order_needs_a_seed(tmp_path):
+    with pytest.raises(ValueError, match="tie_order=shuffle needs the run's seed"):
+        tied_sequence(write_tied_raw(tmp_path), tmp_path, "shuffle")
+
+
+def test_the_seed_keys_the_cache_folder_only_under_shuffle(tmp_path):
+    raw = write_tied_raw(tmp_path)
+
+    def folder(tie_order: str, seed: int) -> Path:
+        prepared = prepare_data(raw, PreprocessConfig(k_core=1, tie_order=tie_order), SplitConfig(),
+                                ScenarioConfig(partition="none", source=None, target=None), None, tmp_path, seed)
+        return Path(prepared.events.path).parent
+
+    assert folder("file", 1) == folder("file", 2)
+    assert folder("shuffle", 1) != folder("shuffle", 2)
+
+
+def test_shuffled_tie_keys_are_splitmix64_outputs_of_the_seed():
+    # Reference values of splitmix64 (Steele et al.): pins the shuffle across Polars versions.
+    mask = (1 << 64) - 1
+
+    def reference(seed: int, n: int) -> list[int]:
+        values, state = [], seed
+        for _ in range(n):
+            state = (state + 0x9E3779B97F4A7C15) & mask
+            z = ((state ^ (state >> 30)) * 0xBF58476D1CE4E5B9) & mask
+            z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+            values.append(z ^ (z >> 31))
+        return values
+
+    events = interactions([("a", f"i{n}", 1) for n in range(6)]).lazy()
+    assert reference(0, 1) == [0xE220A8397B1DCDAF]  # the published first output for seed 0
+    for seed in (0, 42, 2**63 + 5):
+        assert add_tie_break(events, "shuffle", seed).collect()[TIE].to_list() == reference(seed, 6)

@@ -2,7 +2,9 @@
 
 Preprocessing: the k-core is the unique largest subset where every user and item keeps k events
 (a fixpoint, checked against a brute-force reference); the split never lets a later event into an
-earlier split (no train/test leakage); the id maps are bijections that do not depend on row order.
+earlier split (no train/test leakage); under `tie_order: file` each user's sequence is the stable
+time sort of the rows as listed, under `id` it does not depend on row order; the id maps are
+bijections that do not depend on row order.
 Metrics: every value lies in [0, 1]; recall, hit and MRR never fall as K grows; permuting users
 permutes their values; and each metric equals a brute-force computation from the ranking.
 """
@@ -22,8 +24,8 @@ from conf.schema import PreprocessConfig, ScenarioConfig, SplitConfig
 from models.metrics import METRIC_NAMES, compute_metrics
 from tasks.ingestion import RawTables
 from tasks.io import write_parquet
-from tasks.preprocessing import (assign_splits, build_sequences, dedupe, index_events, index_ids, k_core,
-                                 prepare_data)
+from tasks.preprocessing import (TIE, add_tie_break, assign_splits, build_sequences, dedupe, index_events,
+                                 index_ids, k_core, prepare_data)
 
 PROPERTY = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SPLIT_ORDER = {"train": 0, "valid": 1, "test": 2}
@@ -121,9 +123,10 @@ def test_k_core_shrinks_as_k_grows(events, k):
 # --- splits: no leakage --------------------------------------------------------------------------
 
 
-def split_and_sequences(events: pl.DataFrame, k: int, holdout: int) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """The in-memory preprocessing chain: dedupe -> k-core -> contiguous ids -> split -> sequences."""
-    cored = k_core(dedupe(events.lazy(), "user_item").collect(), k)
+def split_and_sequences(events: pl.DataFrame, k: int, holdout: int,
+                        tie_order: str = "file") -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The in-memory preprocessing chain: tie key -> dedupe -> k-core -> contiguous ids -> split -> sequences."""
+    cored = k_core(dedupe(add_tie_break(events.lazy(), tie_order), "user_item").collect(), k)
     indexed = index_events(cored, index_ids(cored, "user_id"), index_ids(cored, "item_id"))
     split = assign_splits(indexed, holdout)
     return split, build_sequences(split)
@@ -135,8 +138,8 @@ def test_split_never_puts_an_event_before_one_of_an_earlier_split(events, k, hol
     split, _ = split_and_sequences(events, k, holdout)
     event(f"users split: {min(split['user_idx'].n_unique(), 3)}+")
     for (_user,), rows in split.group_by("user_idx"):
-        # Events in time order (ties by item_idx, as the split orders them): splits never go backwards.
-        order = rows.sort("timestamp", "item_idx")["split"].to_list()
+        # Events in time order (ties by the tie key, as the split orders them): splits never go backwards.
+        order = rows.sort("timestamp", TIE)["split"].to_list()
         assert [SPLIT_ORDER[s] for s in order] == sorted(SPLIT_ORDER[s] for s in order)
         assert order.count("valid") == holdout and order.count("test") == holdout and order.count("train") >= 1
 
@@ -144,7 +147,7 @@ def test_split_never_puts_an_event_before_one_of_an_earlier_split(events, k, hol
 @PROPERTY
 @given(events=event_logs(min_items=4), k=st.integers(1, 2), holdout=st.integers(1, 2))
 def test_split_keeps_exactly_the_users_with_enough_events_and_their_items_stay_disjoint(events, k, holdout):
-    cored = k_core(dedupe(events.lazy(), "user_item").collect(), k)
+    cored = k_core(dedupe(add_tie_break(events.lazy(), "file"), "user_item").collect(), k)
     split, sequences = split_and_sequences(events, k, holdout)
     counts = cored.group_by("user_id").len()
     assert sequences.height == counts.filter(pl.col("len") > 2 * holdout).height
@@ -159,11 +162,26 @@ def test_split_keeps_exactly_the_users_with_enough_events_and_their_items_stay_d
 
 @PROPERTY
 @given(data=st.data(), k=st.integers(1, 2), holdout=st.integers(1, 2))
-def test_split_does_not_depend_on_the_order_of_the_input_rows(data, k, holdout):
+def test_split_under_id_ties_does_not_depend_on_the_order_of_the_input_rows(data, k, holdout):
     events = data.draw(event_logs(min_items=4))
-    _, sequences = split_and_sequences(events, k, holdout)
-    _, again = split_and_sequences(data.draw(shuffled(events)), k, holdout)
+    _, sequences = split_and_sequences(events, k, holdout, "id")
+    _, again = split_and_sequences(data.draw(shuffled(events)), k, holdout, "id")
     assert again.equals(sequences)
+
+
+@PROPERTY
+@given(events=event_logs(min_items=4), holdout=st.integers(1, 2))
+def test_file_ties_give_each_user_the_stable_time_sort_of_the_file(events, holdout):
+    # Reference: Python's stable sort by time of each user's rows as listed, repeats of an item dropped.
+    _, sequences = split_and_sequences(events, 1, holdout)
+    item_idx = {item: n for n, item in enumerate(sorted(set(events["item_id"])), start=1)}
+    expected = []
+    for user in sorted(set(events["user_id"])):
+        rows = sorted((row for row in events.rows() if row[0] == user), key=lambda row: row[2])
+        items = list(dict.fromkeys(item_idx[item] for _, item, _ in rows))  # first occurrence in time order
+        if len(items) > 2 * holdout:
+            expected.append(items)
+    assert [r["train"] + r["valid"] + r["test"] for r in sequences.iter_rows(named=True)] == expected
 
 
 # --- id maps -------------------------------------------------------------------------------------
@@ -187,7 +205,7 @@ def test_id_map_is_a_bijection_onto_1_to_n_in_sorted_id_order_whatever_the_row_o
 @given(events=event_logs())
 def test_indexed_events_map_back_to_the_raw_ids(events):
     users, items = index_ids(events, "user_id"), index_ids(events, "item_id")
-    indexed = index_events(events, users, items)
+    indexed = index_events(add_tie_break(events.lazy(), "file").collect(), users, items)
     back = indexed.join(users, on="user_idx").join(items, on="item_idx").select("user_id", "item_id", "timestamp")
     assert sorted(back.rows()) == sorted(events.rows())
 
@@ -197,7 +215,7 @@ def test_indexed_events_map_back_to_the_raw_ids(events):
 def test_prepared_tables_have_bijective_maps_and_no_leakage(events, k):
     # The whole in-memory stage, through its Parquet files. Logs where no user keeps 3 events are
     # rejected by the stage (DataError); they are not what this property is about.
-    cored = k_core(dedupe(events.lazy(), "user_item").collect(), k)
+    cored = k_core(dedupe(add_tie_break(events.lazy(), "file"), "user_item").collect(), k)
     if cored.is_empty() or cored.group_by("user_id").len()["len"].max() < 3:
         event("rejected: no user keeps 3 events")
         return

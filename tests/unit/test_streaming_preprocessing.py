@@ -49,11 +49,13 @@ def interactions(rows: list[tuple], rating: bool = False) -> pl.DataFrame:
 
 def run_both(raw: RawTables, folder: Path, preprocess: PreprocessConfig = PreprocessConfig(),
              split: SplitConfig = SplitConfig(), scenario: ScenarioConfig = NO_PARTITION,
-             group_attribute: str | None = None, events_per_bucket: int = 7) -> tuple[PreparedData, PreparedData]:
+             group_attribute: str | None = None, events_per_bucket: int = 7,
+             seed: int | None = None) -> tuple[PreparedData, PreparedData]:
     """Both engines on the same raw tables, each in its own cache folder."""
-    memory = prepare_data(raw, preprocess, split, scenario, group_attribute, folder / "memory")
+    memory = prepare_data(raw, preprocess, split, scenario, group_attribute, folder / "memory", seed)
     streaming = prepare_data_streaming(raw, preprocess.model_copy(update={"engine": "streaming"}), split, scenario,
-                                       group_attribute, folder / "streaming", events_per_bucket=events_per_bucket)
+                                       group_attribute, folder / "streaming", events_per_bucket=events_per_bucket,
+                                       seed=seed)
     return memory, streaming
 
 
@@ -128,17 +130,47 @@ def test_streaming_leaves_no_temporary_files(tmp_path):
 # --- hand-made edge cases ------------------------------------------------------------------------
 
 
-def test_ties_in_time_are_ordered_by_item_idx_in_both_engines(tmp_path):
-    # Every user has items sharing timestamps; item ids sort differently from input order.
-    rows = [(u, i, t) for u in ("u1", "u2", "u3") for i, t in
-            (("i9", 300), ("i2", 100), ("i4", 300), ("i7", 200), ("i5", 200), ("i1", 300))]
-    memory, streaming = run_both(write_raw(tmp_path, interactions(rows)), tmp_path,
-                                 PreprocessConfig(k_core=1), events_per_bucket=6)
+# Every user has items sharing timestamps; item ids sort differently from input order.
+TIED_ROWS = [(u, i, t) for u in ("u1", "u2", "u3") for i, t in
+             (("i9", 300), ("i2", 100), ("i4", 300), ("i7", 200), ("i5", 200), ("i1", 300))]
+
+
+def test_ties_in_time_are_ordered_by_item_idx_in_both_engines_under_id(tmp_path):
+    memory, streaming = run_both(write_raw(tmp_path, interactions(TIED_ROWS)), tmp_path,
+                                 PreprocessConfig(k_core=1, tie_order="id"), events_per_bucket=6)
     assert_same_outputs(memory, streaming)
     sequences = pl.read_parquet(streaming.sequences.path)
     # by (time, item_idx): i2 | i5 i7 | i1 i4 i9  ->  i9 test, i4 valid
     assert sequences.row(0, named=True) == {"user_idx": 1, "train": [2, 4, 5, 1], "valid": [3], "test": [6],
                                             "context": []}
+
+
+def test_ties_in_time_keep_the_file_order_in_both_engines_under_file(tmp_path):
+    # Users listed last to first: the bucketing rewrites the rows, ties keep each user's file order.
+    rows = sorted(TIED_ROWS, key=lambda row: row[0], reverse=True)
+    memory, streaming = run_both(write_raw(tmp_path, interactions(rows)), tmp_path,
+                                 PreprocessConfig(k_core=1), events_per_bucket=6)
+    assert_same_outputs(memory, streaming)
+    sequences = pl.read_parquet(streaming.sequences.path)
+    # by time, ties as listed: i2 | i7 i5 | i9 i4 i1  ->  i1 test, i4 valid
+    assert sequences.row(0, named=True) == {"user_idx": 1, "train": [2, 5, 4, 6], "valid": [3], "test": [1],
+                                            "context": []}
+
+
+@pytest.mark.parametrize("tie_order", ["file", "shuffle", "id"])
+def test_both_engines_give_the_same_sequences_under_each_tie_order(tmp_path, tie_order):
+    # Timestamps coarsened to 3-day steps and rows shuffled: many ties, file order unlike time or id order.
+    shop = generate_shop(SyntheticConfig(n_users=200, n_items=60, n_topics=4, mean_events_per_user=14), 5)
+    coarse = shop.interactions.with_columns(pl.col("timestamp") // (3 * 86_400)).sample(fraction=1.0, shuffle=True,
+                                                                                         seed=1)
+    raw = write_raw(tmp_path, coarse, items=shop.items)
+    for dedupe_mode in ("user_item", "exact"):
+        folder = tmp_path / dedupe_mode
+        memory, streaming = run_both(raw, folder, PreprocessConfig(k_core=3, tie_order=tie_order, dedupe=dedupe_mode),
+                                     events_per_bucket=150, seed=7)
+        assert_same_outputs(memory, streaming)
+        ties = pl.read_parquet(memory.events.path).filter(pl.len().over("user_idx", "timestamp") > 1)
+        assert ties.height > 100  # the case is about ties
 
 
 def test_users_dropped_by_the_split_are_renumbered_alike_across_buckets(tmp_path):

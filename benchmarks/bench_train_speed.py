@@ -104,7 +104,7 @@ def main() -> None:
         cache = Path(folder)
         raw = ingest_dataset(config.data, config.seed, cache, config.privacy)
         prepared = prepare_data(raw, config.preprocess, config.split, config.scenario,
-                                config.evaluation.group_attribute, cache)
+                                config.evaluation.group_attribute, cache, config.seed)
         data = load_sequence_data(prepared)
     windows = NextItemWindows(data.train, config.train.max_seq_len)
     epoch_positions = int(windows.labelled_counts().sum())

@@ -54,7 +54,7 @@ def main() -> None:
         cache = Path(folder)
         raw = ingest_dataset(config.data, config.seed, cache, config.privacy)
         prepared = prepare_data(raw, config.preprocess, config.split, config.scenario,
-                                config.evaluation.group_attribute, cache)
+                                config.evaluation.group_attribute, cache, config.seed)
         print(f"{config.scenario.name}: {prepared.n_users} users, {prepared.n_items - 1} items, "
               f"{prepared.n_events} interactions", flush=True)
         item_text = None

@@ -36,3 +36,17 @@ def train_in_process(*args):
     result = queue.get()
     process.join()
     return result
+
+
+def parse_seeds(text: str) -> list[int]:
+    """Seeds from a comma-separated list ("42,43,44")."""
+    return [int(seed) for seed in text.split(",") if seed.strip()]
+
+
+def over_seeds(values: list[float], digits: int = 4) -> str:
+    """'mean ± sample sd (v1, v2, ...)' of per-seed values; the value alone for one seed."""
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    mean = sum(values) / len(values)
+    spread = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    return f"{mean:.{digits}f} ± {spread:.{digits}f} ({', '.join(f'{v:.{digits}f}' for v in values)})"

@@ -46,7 +46,7 @@ def prepare(name: str, config_file: Path, overrides: list[str], out: Path) -> Pa
         cache = Path(folder)
         raw = ingest_dataset(config.data, config.seed, cache, config.privacy)
         prepared = prepare_data(raw, config.preprocess, config.split, config.scenario,
-                                config.evaluation.group_attribute, cache)
+                                config.evaluation.group_attribute, cache, config.seed)
         data = load_sequence_data(prepared)
     meta = {
         "name": name, "config": str(config_file.relative_to(ROOT)), "overrides": overrides,

@@ -253,7 +253,15 @@ class PopularityConfig(Section):
     train_on: TrainOn = Field("pooled", description=TRAIN_ON_HELP)
 
 
-class RNNConfig(Section):
+class NeuralModelSection(Section):
+    """What every neural model's section adds: its own training budget."""
+
+    max_minutes: float | None = Field(
+        None, gt=0, description="This model's wall-clock training budget; None: train.max_minutes.",
+    )
+
+
+class RNNConfig(NeuralModelSection):
     """GRU4Rec-style extractor."""
 
     kind: Literal["rnn"] = "rnn"
@@ -265,7 +273,7 @@ class RNNConfig(Section):
     dropout: float = Field(0.2, ge=0, lt=1)
 
 
-class CNNConfig(Section):
+class CNNConfig(NeuralModelSection):
     """Caser-style extractor."""
 
     kind: Literal["cnn"] = "cnn"
@@ -278,7 +286,7 @@ class CNNConfig(Section):
     dropout: float = Field(0.3, ge=0, lt=1)
 
 
-class SASRecConfig(Section):
+class SASRecConfig(NeuralModelSection):
     """SASRec-style self-attentive extractor (causal Transformer over the item sequence)."""
 
     kind: Literal["sasrec"] = "sasrec"
@@ -305,7 +313,7 @@ class ItemKNNConfig(Section):
     neighbours: int = Field(100, ge=1, description="Most similar items kept per item.")
 
 
-class BertTransferConfig(Section):
+class BertTransferConfig(NeuralModelSection):
     """BertModel over text-grounded item representations (see models/bert_transfer.py)."""
 
     kind: Literal["bert_transfer"] = "bert_transfer"

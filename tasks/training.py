@@ -60,11 +60,11 @@ def model_options(planned: PlannedModel, config: PipelineConfig, text_dim: int |
     """Constructor options of the planned model: its own section, plus training settings for neural ones."""
     model_cfg, train = planned.model, config.train
     exclude_seen = config.evaluation.exclude_seen
-    options = model_cfg.model_dump(exclude={"kind", "name", "train_on"})
+    options = model_cfg.model_dump(exclude={"kind", "name", "train_on", "max_minutes"})
     neural = {"learning_rate": train.learning_rate, "weight_decay": train.weight_decay,
               "max_seq_len": train.max_seq_len, "exclude_seen": exclude_seen}
     if model_cfg.kind in MAPPING_KINDS:
-        extractor = model_cfg.extractor.model_dump(exclude={"name", "train_on"}) | neural
+        extractor = model_cfg.extractor.model_dump(exclude={"name", "train_on", "max_minutes"}) | neural
         return {"extractor": extractor, "mapping_hidden": model_cfg.mapping_hidden,
                 "learning_rate": train.learning_rate, "max_epochs": train.max_epochs, "patience": train.patience}
     if issubclass(MODEL_CLASSES[model_cfg.kind], SequentialRecommender):
@@ -73,6 +73,12 @@ def model_options(planned: PlannedModel, config: PipelineConfig, text_dim: int |
         options |= {"text_dim": text_dim, "text_model_path": config.text.model_path,
                     "learning_rate": model_cfg.learning_rate or train.learning_rate}
     return options
+
+
+def model_training(planned: PlannedModel, config: PipelineConfig) -> TrainConfig:
+    """The training settings of the planned model: train, with the model's own budget where it sets one."""
+    budget = getattr(planned.model, "max_minutes", None)
+    return config.train if budget is None else config.train.model_copy(update={"max_minutes": budget})
 
 
 def pretrain_on_source(model: Recommender, views: TransferViews, train: TrainConfig, seed: int,
@@ -178,8 +184,8 @@ def train_recommender(prepared: PreparedData, planned: PlannedModel, config: Pip
         if vectors is not None:
             model.attach_item_text(vectors)
         loggers = [MLFlowLogger(tracking_uri=tracking_uri, run_id=mlflow_run_id)] if mlflow_run_id else []
-        summary = fit_regime(model, regime, data, views, config.train, seed, loggers, out_dir / "checkpoints",
-                             pretrain_dir)
+        summary = fit_regime(model, regime, data, views, model_training(planned, config), seed, loggers,
+                             out_dir / "checkpoints", pretrain_dir)
         model.save(model_path)
         write_json(asdict(summary) | {"training_run_id": mlflow_run_id}, record_path)  # last: marks it finished
     log.info("trained %s (%s, %s): %d epochs, best valid NDCG@10 %s, %.1f s, stopped by %s", planned.label,

@@ -4,7 +4,7 @@ import torch
 from conf.loading import load_config, preset_path
 from tasks.ingestion import ingest_dataset
 from tasks.preprocessing import prepare_data
-from tasks.training import train_recommender
+from tasks.training import model_training, train_recommender
 
 
 def test_same_seed_gives_identical_weights_whatever_the_global_random_state(tmp_path):
@@ -18,3 +18,12 @@ def test_same_seed_gives_identical_weights_whatever_the_global_random_state(tmp_
         trained = train_recommender(prepared, gru, config, tmp_path / folder)
         fingerprints.append(trained.model_file.fingerprint)
     assert fingerprints[0] == fingerprints[1]
+
+
+def test_a_model_may_set_its_own_training_budget_and_the_others_keep_trains():
+    config = load_config(preset_path("experiments/tiny.yaml"), [
+        "models=[{kind: rnn, name: gru, max_minutes: 2}, {kind: cnn, name: caser}]", "train.max_minutes=5"])
+    gru, caser = config.model_plan()
+    assert model_training(gru, config).max_minutes == 2
+    assert model_training(caser, config).max_minutes == 5
+    assert model_training(gru, config).model_copy(update={"max_minutes": 5}) == config.train  # nothing else changes

@@ -47,10 +47,12 @@ def main() -> None:
     from tasks.evaluation import evaluate_trained
     from tasks.ingestion import ingest_dataset
     from tasks.preprocessing import prepare_data
+    from tasks.training import model_training
 
     config = load_config(args.config, ["train.progress_bar=false", *args.overrides])
     wanted = args.models.split(",")
     budgets = {name: float(m) for name, m in (item.split("=") for item in args.minutes.split(",") if item)}
+    used_budgets: dict[str, float | None] = {}
     rows = []
     with tempfile.TemporaryDirectory(prefix="itx-ml1m-") as folder:
         cache = Path(folder)
@@ -61,11 +63,14 @@ def main() -> None:
               f"{prepared.n_events} interactions", flush=True)
         for planned in [p for p in config.model_plan() if p.model.name in wanted]:
             model = planned.model
-            train = config.train.model_copy(update={"max_minutes": budgets.get(model.name, config.train.max_minutes)})
+            if model.name in budgets and hasattr(model, "max_minutes"):  # the model's own budget, as a preset sets it
+                model = model.model_copy(update={"max_minutes": budgets[model.name]})
+                planned = planned.model_copy(update={"model": model})
+            used_budgets[model.name] = model_training(planned, config).max_minutes
             runs = []
             for seed in parse_seeds(args.seeds):
-                trained, seconds, peak = train_in_process(
-                    prepared, planned, config.model_copy(update={"train": train, "seed": seed}), cache)
+                trained, seconds, peak = train_in_process(prepared, planned, config.model_copy(update={"seed": seed}),
+                                                          cache)
                 metrics = {}
                 for exclude_seen in (True, False):
                     evaluation = config.evaluation.model_copy(update={"exclude_seen": exclude_seen})
@@ -83,10 +88,10 @@ def main() -> None:
 
     print(f"\nML-1M, LOO by time, full ranking, 5-core, tie order {config.preprocess.tie_order}; "
           f"{os.cpu_count()} CPUs, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, budgets (min) "
-          f"{budgets or config.train.max_minutes}, loss {config.train.loss}, precision {config.train.precision}, "
+          f"{used_budgets}, loss {config.train.loss}, precision {config.train.precision}, "
           f"max_seq_len {config.train.max_seq_len}, learning rate {config.train.learning_rate}, "
           f"batch {config.train.batch_size}, seeds {args.seeds}: mean ± sd (per seed)")
-    print("| model | NDCG@10 | HR@10 | MRR@10 | NDCG@10 seen kept | HR@10 seen kept | epochs | s/epoch | train min "
+    print("| model | NDCG@10 | HR@10 | MRR@10 | NDCG@10 seen kept | HR@10 seen kept | epochs | stopped by | s/epoch | train min "
           "| peak RSS MB | RecBole NDCG@10 (published, seen kept) | RecBole s/epoch (2-core) | epoch speed-up vs RecBole |")
     print("|---" * 14 + "|")
     for name, runs in rows:

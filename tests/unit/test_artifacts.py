@@ -59,7 +59,7 @@ def test_markdown_table_right_aligns_numbers_and_shows_missing_values_as_dashes(
                                  "| a\\|b | 0.5000 | 1.0000 |"]
 
 
-def summary(gain: pl.DataFrame | None = None, tracking_uri: str = "sqlite:////tmp/x/mlflow.db") -> str:
+def summary(gain: pl.DataFrame | None = None, tracking_uri: str = "sqlite:////srv/itx-stores/mlflow.db") -> str:
     exported = ExportedRecommendations("gru", TableRef("/runs/r1/recommendations.parquet", "f"),
                                        TableRef("/runs/r1/recommendations.csv", "f"), 200)
     return render_run_summary("tiny-r1", Path("/runs/r1"), PipelineConfig(name="tiny"),
@@ -73,11 +73,18 @@ def test_run_summary_names_the_run_export_and_mlflow_run_and_tabulates_test_metr
     assert "`/runs/r1`" in text and "`gru`: top-20 recommendations, 200 rows" in text
     assert "`abc123` in experiment `interest-transfer` (id 7)" in text
     assert ("(http://127.0.0.1:5000/#/experiments/7/runs/abc123) (while `mlflow ui --backend-store-uri "
-            "sqlite:////tmp/x/mlflow.db` runs)") in text
+            "sqlite:////srv/itx-stores/mlflow.db` runs)") in text
     assert "## Test metrics at K=10" in text
     assert "| model | NDCG | HR | MRR | P | R | F1 | NDCG F | NDCG M |" in text
     assert "| gru | 0.2600 | 0.2800 | 0.3000 | 0.2000 | 0.2200 | 0.2400 | 0.2340 | 0.2860 |" in text
     assert "Transfer gain" not in text
+
+
+def test_run_summary_points_at_make_mlflow_ui_for_the_store_in_the_working_folder(tmp_path, monkeypatch):
+    # The store beside the Makefile is the one `make mlflow-ui` serves; any other store needs its own command.
+    monkeypatch.chdir(tmp_path)
+    text = summary(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert "(while `make mlflow-ui` runs)" in text and "--backend-store-uri" not in text
 
 
 def test_run_summary_links_a_tracking_server_to_its_own_ui():

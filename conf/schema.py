@@ -296,6 +296,8 @@ class SASRecConfig(NeuralModelSection):
     num_blocks: int = Field(2, ge=1, le=12)
     num_heads: int = Field(1, ge=1)
     dropout: float = Field(0.2, ge=0, lt=1)
+    tie_output: bool = Field(False, description="Score items with the input item embeddings (the paper's head) "
+                             "instead of a separate output table; the output bias stays.")
 
     @model_validator(mode="after")
     def _heads_divide_dim(self) -> SASRecConfig:

@@ -109,8 +109,9 @@ def test_a_history_longer_than_max_seq_len_is_rejected():
         model.encode(random_history(1, 13))
 
 
-def test_loss_falls_when_overfitting_one_batch(monkeypatch):
-    model = small_model(dropout=0.0, learning_rate=1e-2)
+@pytest.mark.parametrize("tie_output", [False, True])
+def test_loss_falls_when_overfitting_one_batch(monkeypatch, tie_output):
+    model = small_model(dropout=0.0, learning_rate=1e-2, tie_output=tie_output)
     monkeypatch.setattr(model, "log", lambda *args, **kwargs: None)  # no Trainer to log to
     sequences = [np.random.default_rng(row).integers(1, N_ITEMS, 9) for row in range(8)]
     windows = NextItemWindows(sequences, max_len=8)
@@ -141,6 +142,23 @@ def test_saved_model_loads_with_identical_scores(tmp_path):
         assert torch.equal(model.score_all(history), loaded.score_all(history))
     payload = torch.load(path, weights_only=True)  # no pickled code in the file
     assert payload["kind"] == "sasrec"
+
+
+def test_a_tied_head_scores_with_the_input_embeddings_and_stays_tied_after_loading(tmp_path):
+    model = small_model(tie_output=True).eval()
+    assert model.output.weight is model.item_embedding.weight
+    n_parameters = sum(p.numel() for p in model.parameters())
+    assert n_parameters == sum(p.numel() for p in small_model().parameters()) - N_ITEMS * 16
+    path = tmp_path / "tied.pt"
+    model.save(path)
+    loaded = load_model(path)
+    assert loaded.output.weight is loaded.item_embedding.weight
+    history = random_history(4, 6)
+    with torch.no_grad():
+        interest = loaded.encode(history)[:, -1]
+        expected = interest @ loaded.item_embedding.weight.T + loaded.output.bias
+        assert torch.allclose(loaded.score_all(history)[:, 1:], expected[:, 1:])
+        assert torch.equal(model.score_all(history), loaded.score_all(history))
 
 
 def test_short_fit_reports_a_valid_ndcg_and_keeps_eval_mode(tmp_path, tiny_data):

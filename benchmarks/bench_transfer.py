@@ -6,8 +6,11 @@ is the run's transfer_gain.csv (paired bootstrap 95% CIs on the relative gain, p
 cost columns added. Protocol: the preset's (split, candidates, negatives); see its comments.
 
   .venv/bin/python benchmarks/bench_transfer.py --config conf/ml1m_transfer.yaml [--minutes 2]
-                                                [--models gru_target,gru_finetune] [--set key=value ...]
-                                                [--csv out.csv]
+                                                [--models gru_target,gru_finetune] [--seeds 42,43,44]
+                                                [--set key=value ...] [--csv out.csv]
+
+With several seeds, each seed's tables are printed, then NDCG@10 and its gain over the target-only
+baseline as mean ± sd with the per-seed values, and in how many seeds the paired CI lies above zero.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import train_in_process  # noqa: E402
+from benchmarks.common import over_seeds, parse_seeds, train_in_process  # noqa: E402
 
 
 def main() -> None:
@@ -29,33 +32,54 @@ def main() -> None:
     parser.add_argument("--config", required=True)
     parser.add_argument("--models", default="", help="comma-separated model names (default: all)")
     parser.add_argument("--minutes", type=float, default=None, help="training budget per fit (train.max_minutes)")
+    parser.add_argument("--seeds", default="", help="comma-separated seeds (default: the config's seed); "
+                                                    "each seed redraws the split's samples and the models' weights")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
-    parser.add_argument("--csv", help="also write the table here")
+    parser.add_argument("--csv", help="also write the table here (every seed's rows, with a seed column)")
     args = parser.parse_args()
 
     import flows  # noqa: F401
     import polars as pl
 
     from conf.loading import load_config
-    from tasks.evaluation import score_report_users
-    from tasks.ingestion import ingest_dataset
-    from tasks.preprocessing import prepare_data
     from tasks.training import training_settings
-    from tasks.transfer import embed_item_texts
-    from tasks.transfer_report import format_gain_table, transfer_gain_table
 
     overrides = ["train.progress_bar=false", *args.overrides]
     if args.minutes is not None:
         overrides.append(f"train.max_minutes={args.minutes}")
-    config = training_settings(load_config(args.config, overrides))
-    wanted = set(args.models.split(",")) if args.models else {m.name for m in config.models}
+    base = load_config(args.config, overrides)
+    seeds = parse_seeds(args.seeds) or [base.seed]
+    tables = []
+    for seed in seeds:
+        config = training_settings(load_config(args.config, [*overrides, f"seed={seed}"]))
+        table, cost = run_one_seed(config, args.models)
+        print_seed_tables(config, table, cost)
+        tables.append(table.join(cost, on=["model", "target_fraction"], how="left").with_columns(pl.lit(seed).alias("seed")))
+    everything = pl.concat(tables, how="diagonal")
+    if len(seeds) > 1:
+        print_over_seeds(everything, config.transfer_baselines()[0])
+    if args.csv:
+        everything.write_csv(args.csv)
+
+
+def run_one_seed(config, models: str):
+    """(transfer_gain table, cost table) of every planned model of `config`, trained with its seed."""
+    import polars as pl
+
+    from tasks.evaluation import score_report_users
+    from tasks.ingestion import ingest_dataset
+    from tasks.preprocessing import prepare_data
+    from tasks.transfer import embed_item_texts
+    from tasks.transfer_report import transfer_gain_table
+
+    wanted = set(models.split(",")) if models else {m.name for m in config.models}
     costs, frames = [], []
     with tempfile.TemporaryDirectory(prefix="itx-transfer-") as folder:
         cache = Path(folder)
         raw = ingest_dataset(config.data, config.seed, cache, config.privacy)
         prepared = prepare_data(raw, config.preprocess, config.split, config.scenario,
                                 config.evaluation.group_attribute, cache, config.seed)
-        print(f"{config.scenario.name}: {prepared.n_users} users, {prepared.n_items - 1} items, "
+        print(f"{config.scenario.name}, seed {config.seed}: {prepared.n_users} users, {prepared.n_items - 1} items, "
               f"{prepared.n_events} interactions", flush=True)
         item_text = None
         if any(m.kind == "bert_transfer" for m in config.models if m.name in wanted):
@@ -69,19 +93,28 @@ def main() -> None:
                                              config.train.max_seq_len, config.seed))
             score_seconds = time.perf_counter() - started
             costs.append({"model": planned.model.name, "target_fraction": planned.target_fraction,
-                          "epochs": trained.epochs, "train_s": round(train_seconds, 1),
-                          "score_s": round(score_seconds, 1), "peak_mb": round(peak)})
-            print(f"{planned.label}: {trained.epochs} epochs, train {train_seconds:.0f} s, "
-                  f"score {score_seconds:.1f} s, peak {peak:.0f} MB", flush=True)
+                          "epochs": trained.epochs, "stopped_by": trained.stopped_by,
+                          "train_s": round(train_seconds, 1), "score_s": round(score_seconds, 1), "peak_mb": round(peak)})
+            print(f"{planned.label}: {trained.epochs} epochs (stopped by {trained.stopped_by}), "
+                  f"train {train_seconds:.0f} s, score {score_seconds:.1f} s, peak {peak:.0f} MB", flush=True)
 
     table = transfer_gain_table(pl.concat(frames, how="diagonal"), config.scenario.name, config.transfer_baselines(),
                                 n_samples=config.transfer.bootstrap_samples, seed=config.seed)
-    cost = pl.DataFrame(costs)
-    print(f"\n{config.scenario.name}: {os.cpu_count()} CPUs, OMP_NUM_THREADS="
+    return table, pl.DataFrame(costs)
+
+
+def print_seed_tables(config, table, cost) -> None:
+    """One seed's gain tables against every baseline, and NDCG/Recall@10 with the costs."""
+    import polars as pl
+
+    from tasks.transfer_report import format_gain_table
+
+    print(f"\n{config.scenario.name}, seed {config.seed}: {os.cpu_count()} CPUs, OMP_NUM_THREADS="
           f"{os.environ.get('OMP_NUM_THREADS', 'unset')}, budget per fit {config.train.max_minutes} min, "
           f"max_seq_len {config.train.max_seq_len}, protocol: split {config.split.protocol}, candidates "
           f"{config.evaluation.candidates}, sampled negatives {config.evaluation.sampled_negatives}, "
-          f"seen items {'removed' if config.evaluation.exclude_seen else 'kept'}")
+          f"seen items {'removed' if config.evaluation.exclude_seen else 'kept'}, "
+          f"ties {config.preprocess.tie_order}")
     for baseline in config.transfer_baselines():
         print(format_gain_table(table, baseline=baseline))
     at10 = (table.filter((pl.col("k") == 10) & pl.col("metric").is_in(["ndcg", "recall"])
@@ -91,8 +124,8 @@ def main() -> None:
             .join(cost, on=["model", "target_fraction"], how="left")
             .sort("target_fraction", "subset", "model"))
     print("\n| fraction | subset | model | NDCG@10 | gain vs target-only [95% CI] | Recall@10 | gain [95% CI] "
-          "| users | epochs | train s | score s | peak MB |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| users | epochs | stopped by | train s | score s | peak MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in at10.iter_rows(named=True):
         def gain(metric: str) -> str:
             low, high = row[f"ci_low_{metric}"], row[f"ci_high_{metric}"]
@@ -102,9 +135,26 @@ def main() -> None:
 
         print(f"| {row['target_fraction']:g} | {row['subset']} | {row['model']} | {row['value_ndcg']:.4f} | "
               f"{gain('ndcg')} | {row['value_recall']:.4f} | {gain('recall')} | {row['n_users']} | "
-              f"{row['epochs']} | {row['train_s']} | {row['score_s']} | {row['peak_mb']} |")
-    if args.csv:
-        table.join(cost, on=["model", "target_fraction"], how="left").write_csv(args.csv)
+              f"{row['epochs']} | {row['stopped_by'] or '-'} | {row['train_s']} | {row['score_s']} | {row['peak_mb']} |")
+
+
+def print_over_seeds(everything, baseline: str) -> None:
+    """NDCG@10 and its relative gain over `baseline`, mean ± sd over the seeds with each seed's value, and in
+    how many seeds the paired 95% CI of the gain lies above zero."""
+    import polars as pl
+
+    rows = (everything.filter((pl.col("k") == 10) & (pl.col("metric") == "ndcg") & (pl.col("baseline_model") == baseline))
+            .sort("seed"))
+    print(f"\nOver {rows['seed'].n_unique()} seeds (NDCG@10; gain relative to {baseline}, paired per seed):")
+    print("| fraction | subset | model | NDCG@10 | gain vs target-only | seeds with CI > 0 |")
+    print("|---|---|---|---|---|---|")
+    for (fraction, subset, model), group in sorted(rows.group_by("target_fraction", "subset", "model"),
+                                                   key=lambda item: item[0]):
+        gains = [g for g in group["rel_gain"].to_list() if g is not None]
+        above = sum(1 for low in group["ci_low"].to_list() if low is not None and low > 0)
+        gain_text = over_seeds([100 * g for g in gains], digits=1) + " %" if gains else "-"
+        print(f"| {fraction:g} | {subset} | {model} | {over_seeds(group['value'].to_list())} | {gain_text} | "
+              f"{above}/{group.height} |")
 
 
 if __name__ == "__main__":

@@ -40,7 +40,10 @@ def train_in_process(*args):
 
 def parse_seeds(text: str) -> list[int]:
     """Seeds from a comma-separated list ("42,43,44")."""
-    return [int(seed) for seed in text.split(",") if seed.strip()]
+    try:
+        return [int(seed) for seed in text.split(",") if seed.strip()]
+    except ValueError:
+        raise SystemExit(f"--seeds: expected comma-separated integers such as 42,43,44, got {text!r}") from None
 
 
 def over_seeds(values: list[float], digits: int = 4) -> str:

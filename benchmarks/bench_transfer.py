@@ -9,8 +9,10 @@ cost columns added. Protocol: the preset's (split, candidates, negatives); see i
                                                 [--models gru_target,gru_finetune] [--seeds 42,43,44]
                                                 [--set key=value ...] [--csv out.csv]
 
-With several seeds, each seed's tables are printed, then NDCG@10 and its gain over the target-only
-baseline as mean ± sd with the per-seed values, and in how many seeds the paired CI lies above zero.
+Every model is compared with each baseline of `transfer.compare_to` (target-only, the best pooled
+model on target validation, ItemKNN). With several seeds, each seed's tables are printed, then per
+baseline NDCG@10 and its gain as mean ± sd with the per-seed values, in how many seeds the paired CI
+lies above zero, and the gain's CI over the users of all seeds pooled (each user paired within its seed).
 """
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import over_seeds, parse_seeds, train_in_process  # noqa: E402
+
+SEED_USER_OFFSET = 100_000_000  # added to user_idx per seed when users of several seeds are pooled
 
 
 def main() -> None:
@@ -43,27 +47,34 @@ def main() -> None:
 
     from conf.loading import load_config
     from tasks.training import training_settings
+    from tasks.transfer_report import transfer_gain_table
 
     overrides = ["train.progress_bar=false", *args.overrides]
     if args.minutes is not None:
         overrides.append(f"train.max_minutes={args.minutes}")
     base = load_config(args.config, overrides)
     seeds = parse_seeds(args.seeds) or [base.seed]
-    tables = []
-    for seed in seeds:
+    tables, per_user = [], []
+    for index, seed in enumerate(seeds):
         config = training_settings(load_config(args.config, [*overrides, f"seed={seed}"]))
-        table, cost = run_one_seed(config, args.models)
+        frame, table, cost = run_one_seed(config, args.models)
         print_seed_tables(config, table, cost)
         tables.append(table.join(cost, on=["model", "target_fraction"], how="left").with_columns(pl.lit(seed).alias("seed")))
+        # Users of different seeds are different samples: offset their ids so that pooling never pairs across seeds.
+        per_user.append(frame.with_columns(pl.col("user_idx") + index * SEED_USER_OFFSET))
     everything = pl.concat(tables, how="diagonal")
     if len(seeds) > 1:
-        print_over_seeds(everything, config.transfer_baselines()[0])
+        pooled = transfer_gain_table(pl.concat(per_user, how="diagonal"), config.scenario.name,
+                                     config.transfer_baselines(), n_samples=config.transfer.bootstrap_samples,
+                                     seed=config.seed, transfer_models=config.transfer_methods())
+        for baseline in config.transfer_baselines():
+            print_over_seeds(everything, pooled, baseline.role)
     if args.csv:
         everything.write_csv(args.csv)
 
 
 def run_one_seed(config, models: str):
-    """(transfer_gain table, cost table) of every planned model of `config`, trained with its seed."""
+    """(per-user metrics, transfer_gain table, cost table) of every planned model of `config`, trained with its seed."""
     import polars as pl
 
     from tasks.evaluation import score_report_users
@@ -98,9 +109,11 @@ def run_one_seed(config, models: str):
             print(f"{planned.label}: {trained.epochs} epochs (stopped by {trained.stopped_by}), "
                   f"train {train_seconds:.0f} s, score {score_seconds:.1f} s, peak {peak:.0f} MB", flush=True)
 
-    table = transfer_gain_table(pl.concat(frames, how="diagonal"), config.scenario.name, config.transfer_baselines(),
-                                n_samples=config.transfer.bootstrap_samples, seed=config.seed)
-    return table, pl.DataFrame(costs)
+    frame = pl.concat(frames, how="diagonal")
+    table = transfer_gain_table(frame, config.scenario.name, config.transfer_baselines(),
+                                n_samples=config.transfer.bootstrap_samples, seed=config.seed,
+                                transfer_models=config.transfer_methods())
+    return frame, table, pl.DataFrame(costs)
 
 
 def print_seed_tables(config, table, cost) -> None:
@@ -116,14 +129,15 @@ def print_seed_tables(config, table, cost) -> None:
           f"seen items {'removed' if config.evaluation.exclude_seen else 'kept'}, "
           f"ties {config.preprocess.tie_order}")
     for baseline in config.transfer_baselines():
-        print(format_gain_table(table, baseline=baseline))
+        print(format_gain_table(table, baseline=baseline.role))
+    primary = config.transfer_baselines()[0].role
     at10 = (table.filter((pl.col("k") == 10) & pl.col("metric").is_in(["ndcg", "recall"])
-                         & (pl.col("baseline_model") == config.transfer_baselines()[0]))
+                         & (pl.col("baseline_role") == primary))
             .pivot(on="metric", index=["target_fraction", "subset", "model", "n_users"],
                    values=["value", "rel_gain", "ci_low", "ci_high"])
             .join(cost, on=["model", "target_fraction"], how="left")
             .sort("target_fraction", "subset", "model"))
-    print("\n| fraction | subset | model | NDCG@10 | gain vs target-only [95% CI] | Recall@10 | gain [95% CI] "
+    print(f"\n| fraction | subset | model | NDCG@10 | gain vs {primary} [95% CI] | Recall@10 | gain [95% CI] "
           "| users | epochs | stopped by | train s | score s | peak MB |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in at10.iter_rows(named=True):
@@ -138,23 +152,31 @@ def print_seed_tables(config, table, cost) -> None:
               f"{row['epochs']} | {row['stopped_by'] or '-'} | {row['train_s']} | {row['score_s']} | {row['peak_mb']} |")
 
 
-def print_over_seeds(everything, baseline: str) -> None:
-    """NDCG@10 and its relative gain over `baseline`, mean ± sd over the seeds with each seed's value, and in
-    how many seeds the paired 95% CI of the gain lies above zero."""
+def print_over_seeds(everything, pooled, role: str) -> None:
+    """NDCG@10 and its relative gain over the baseline playing `role`, mean ± sd over the seeds with each seed's
+    value, in how many seeds the paired 95% CI of the gain lies above zero, and the CI over all seeds' users."""
     import polars as pl
 
-    rows = (everything.filter((pl.col("k") == 10) & (pl.col("metric") == "ndcg") & (pl.col("baseline_model") == baseline))
-            .sort("seed"))
-    print(f"\nOver {rows['seed'].n_unique()} seeds (NDCG@10; gain relative to {baseline}, paired per seed):")
-    print("| fraction | subset | model | NDCG@10 | gain vs target-only | seeds with CI > 0 |")
-    print("|---|---|---|---|---|---|")
+    def at10(table):
+        return table.filter((pl.col("k") == 10) & (pl.col("metric") == "ndcg") & (pl.col("baseline_role") == role))
+
+    rows = at10(everything).sort("seed")
+    over_users = {(r["target_fraction"], r["subset"], r["model"]): r for r in at10(pooled).iter_rows(named=True)}
+    print(f"\nOver {rows['seed'].n_unique()} seeds (NDCG@10; gain relative to the {role} baseline, paired per seed):")
+    print(f"| fraction | subset | model | NDCG@10 | {role} model per seed | gain vs {role} | seeds with CI > 0 "
+          "| gain over all seeds' users [95% CI] |")
+    print("|---|---|---|---|---|---|---|---|")
     for (fraction, subset, model), group in sorted(rows.group_by("target_fraction", "subset", "model"),
                                                    key=lambda item: item[0]):
         gains = [g for g in group["rel_gain"].to_list() if g is not None]
         above = sum(1 for low in group["ci_low"].to_list() if low is not None and low > 0)
         gain_text = over_seeds([100 * g for g in gains], digits=1) + " %" if gains else "-"
-        print(f"| {fraction:g} | {subset} | {model} | {over_seeds(group['value'].to_list())} | {gain_text} | "
-              f"{above}/{group.height} |")
+        label = f"{model} (transfer)" if group["model_role"][0] == "transfer" else model
+        pooled_row = over_users.get((fraction, subset, model))
+        pooled_text = "-" if pooled_row is None or pooled_row["ci_low"] is None else \
+            f"{pooled_row['rel_gain']:+.1%} [{pooled_row['ci_low']:+.1%}, {pooled_row['ci_high']:+.1%}]"
+        print(f"| {fraction:g} | {subset} | {label} | {over_seeds(group['value'].to_list())} | "
+              f"{', '.join(group['baseline_model'].to_list())} | {gain_text} | {above}/{group.height} | {pooled_text} |")
 
 
 if __name__ == "__main__":

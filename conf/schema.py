@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -40,6 +41,20 @@ class SyntheticConfig(Section):
     )
     popularity_exponent: float = Field(1.0, ge=0, description="Zipf exponent of item popularity.")
     scale: float = Field(1.0, gt=0, le=10_000, description="Multiplies users (and items by its square root).")
+    group_shares: list[float] | None = Field(
+        None, description="Share of the users in each group (same order as groups); None: equal shares. A small "
+        "share makes a target group with few users.",
+    )
+    group_transition_share: float = Field(
+        0.0, ge=0, le=1, description="Share of sequel steps that follow the user's group's own rule (group g: the "
+        "item g+1 places further in the series) instead of the shared one (the next item): group-specific "
+        "transitions, which a model pooled over groups blurs and fine-tuning on the target group can learn.",
+    )
+    domain_bridge_probability: float = Field(
+        0.0, ge=0, le=1, description="Chance the next item is the current item's counterpart in the next domain "
+        "(same topic, same place in the series): cross-domain transitions, which a model that knows domains can "
+        "learn from mixed sequences.",
+    )
 
     @field_validator("domains", "groups")
     @classmethod
@@ -47,6 +62,15 @@ class SyntheticConfig(Section):
         if len(set(values)) != len(values):
             raise ValueError(f"values must be distinct, got {values}")
         return values
+
+    @model_validator(mode="after")
+    def _shares_match_groups(self) -> SyntheticConfig:
+        shares = self.group_shares
+        if shares is not None and (len(shares) != len(self.groups) or any(s <= 0 for s in shares)
+                                   or abs(sum(shares) - 1) > 1e-6):
+            raise ValueError(f"group_shares must give each of the groups {self.groups} a positive share, summing "
+                             f"to 1; got {shares}")
+        return self
 
     def scaled_users(self) -> int:
         """Number of users after applying `scale`."""
@@ -236,11 +260,11 @@ class ScenarioConfig(Section):
         return self
 
 
-TrainOn = Literal["pooled", "target", "source", "source_then_target", "joint"]
+TrainOn = Literal["pooled", "target", "source", "source_then_target", "pooled_then_target", "joint"]
 TRAIN_ON_HELP = (
     "Which data the model learns from in a transfer scenario: pooled (source and target together, no "
     "transfer step), target (target data only), source (source data only), source_then_target (pre-train "
-    "on the source, then fine-tune on the target), joint (source and target together with the target "
+    "on the source, then fine-tune on the target), pooled_then_target (train pooled, then fine-tune on the target), joint (source and target together with the target "
     "oversampled to weigh as much as the source). Without a scenario partition only pooled applies."
 )
 
@@ -254,10 +278,17 @@ class PopularityConfig(Section):
 
 
 class NeuralModelSection(Section):
-    """What every neural model's section adds: its own training budget."""
+    """What every neural model's section adds: its own training budget and fine-tuning anchor."""
 
     max_minutes: float | None = Field(
         None, gt=0, description="This model's wall-clock training budget; None: train.max_minutes.",
+    )
+    l2sp: float | None = Field(
+        None, ge=0, description="This model's train.l2sp (the fine-tuning stage's pull towards the pre-trained "
+        "weights); None: train.l2sp.",
+    )
+    augment_copies: int | None = Field(
+        None, ge=0, le=20, description="This model's train.augment_copies; None: train.augment_copies.",
     )
 
 
@@ -306,6 +337,14 @@ class SASRecConfig(NeuralModelSection):
         return self
 
 
+class DomainSASRecConfig(SASRecConfig):
+    """Domain-aware SASRec (item_domain scenarios): domain embeddings, a per-domain interest, and the next item of
+    every domain as a target at every position (models/domain_attention.py)."""
+
+    kind: Literal["domain_sasrec"] = "domain_sasrec"
+    name: str = "domain_sasrec"
+
+
 class ItemKNNConfig(Section):
     """Item-to-item co-occurrence (cosine over users' training sequences); crosses domains through shared users."""
 
@@ -345,6 +384,17 @@ class BertTransferConfig(NeuralModelSection):
         return self
 
 
+class HybridConfig(NeuralModelSection):
+    """A sequence model's scores blended with ItemKNN's, the weight chosen on validation (models/hybrid.py)."""
+
+    kind: Literal["hybrid"] = "hybrid"
+    name: str = "hybrid"
+    train_on: TrainOn = Field("pooled", description=TRAIN_ON_HELP)
+    sequence: Annotated[RNNConfig | CNNConfig | SASRecConfig | DomainSASRecConfig, Field(discriminator="kind")] = \
+        SASRecConfig()
+    neighbours: int = Field(100, ge=1, description="ItemKNN's most similar items kept per item.")
+
+
 class MappingConfig(Section):
     """Cold-start mapping (cross-domain): a user's source interest mapped into the target (EMCDR, PTUPCDR).
 
@@ -358,10 +408,15 @@ class MappingConfig(Section):
 
 
 ModelConfig = Annotated[
-    PopularityConfig | RNNConfig | CNNConfig | SASRecConfig | ItemKNNConfig | BertTransferConfig | MappingConfig,
+    PopularityConfig | RNNConfig | CNNConfig | SASRecConfig | DomainSASRecConfig | ItemKNNConfig | HybridConfig
+    | BertTransferConfig | MappingConfig,
     Field(discriminator="kind"),
 ]
-NEURAL_KINDS = ("rnn", "cnn", "sasrec", "bert_transfer")
+NEURAL_KINDS = ("rnn", "cnn", "sasrec", "domain_sasrec", "bert_transfer")
+# Kinds that are transfer methods whatever data they train on (they model the source/target structure).
+TRANSFER_KINDS = ("domain_sasrec", "hybrid")
+TRANSFER_REGIMES = ("source_then_target", "pooled_then_target", "joint", "mapping")
+FINETUNE_REGIMES = ("source_then_target", "pooled_then_target")  # pre-train, then fine-tune on the target
 MAPPING_KINDS = ("emcdr", "ptupcdr")
 
 
@@ -387,10 +442,18 @@ class TransferConfig(Section):
         "in the target domain held out as cold-start (ranked from source history only, never trained on). "
         "Under split.protocol user_groups the dataset's own held-out users are the cold-start users."
     )
+    compare_to: list[Literal["target_only", "best_pooled", "itemknn"]] = Field(
+        ["target_only", "best_pooled", "itemknn"], min_length=1,
+        description="Baselines every model is compared with in transfer_gain.csv (each its own rows, column "
+        "baseline_role), the first one primary. target_only: transfer.baseline. best_pooled: of the models trained "
+        "pooled that are no transfer method (any kind), the one with the best NDCG@10 on the target's validation "
+        "users, chosen per target fraction (transfer.pooled_baseline fixes it instead). itemknn: the first itemknn "
+        "model. A role without a model in the run is left out.",
+    )
     baseline: str | None = Field(None, description="Target-only baseline model; None: the first neural model with "
                                  "train_on: target.")
-    pooled_baseline: str | None = Field(None, description="Pooled baseline model; None: the first neural model "
-                                        "with train_on: pooled.")
+    pooled_baseline: str | None = Field(None, description="Pooled baseline model, instead of choosing the best "
+                                        "pooled one on target validation.")
     bootstrap_samples: int = Field(1000, ge=100)
 
     @field_validator("target_fractions")
@@ -411,6 +474,17 @@ class TrainConfig(Section):
     max_seq_len: int = Field(50, ge=2, description="Most recent items a model reads.")
     patience: int = Field(3, ge=1, description="Epochs without validation NDCG@10 gain before stopping.")
     max_minutes: float | None = Field(None, gt=0, description="Wall-clock training budget per model (Lightning max_time).")
+    l2sp: float = Field(
+        0.0, ge=0, description="Fine-tuning stage of source_then_target / pooled_then_target: add l2sp/2 times the "
+        "squared distance of the weights from their pre-trained values to the loss (L2-SP: Li, Grandvalet & "
+        "Davoine, ICML 2018), so that a few target users adapt the model without undoing what the source taught. "
+        "0: plain fine-tuning.",
+    )
+    augment_copies: int = Field(
+        0, ge=0, le=20, description="Transfer runs: add this many altered copies (CL4SRec's crop, mask or reorder, "
+        "models/augmentation.py) of each sampled target user's training sequence to every training stage "
+        "that learns from the target (not a source-only stage). 0: none.",
+    )
     lr_decay_factor: float | None = Field(
         None, gt=0, lt=1, description="Multiply the learning rate by this when validation NDCG@10 stalls "
         "(ReduceLROnPlateau); None keeps it constant.",
@@ -553,6 +627,14 @@ class PlannedModel(BaseModel):
     target_fraction: float | None  # None: no transfer scenario
 
 
+@dataclass(frozen=True)
+class BaselineRole:
+    """A baseline of the transfer report: its role (target_only, pooled, itemknn) and the models that may play it."""
+
+    role: str
+    candidates: tuple[str, ...]
+
+
 def regime_of(model: BaseModel) -> str:
     """The model's training regime: its train_on, or 'mapping' for the cold-start mapping models."""
     return "mapping" if model.kind in MAPPING_KINDS else model.train_on
@@ -596,16 +678,30 @@ class PipelineConfig(Section):
             for f in fractions for m in self.models
         ]
 
-    def transfer_baselines(self) -> list[str]:
-        """Names of the target-only and pooled baseline models (configured, else the first neural one of each)."""
-        chosen = []
-        for configured, regime in ((self.transfer.baseline, "target"), (self.transfer.pooled_baseline, "pooled")):
-            if configured is None:
-                configured = next((m.name for m in self.models
-                                   if m.kind in NEURAL_KINDS and regime_of(m) == regime), None)
-            if configured is not None:
-                chosen.append(configured)
-        return chosen
+    def transfer_methods(self) -> list[str]:
+        """Names of the models that are transfer methods: a transfer regime, or a kind that models the scenario."""
+        return [m.name for m in self.models if m.kind in TRANSFER_KINDS or regime_of(m) in TRANSFER_REGIMES]
+
+    def transfer_baselines(self) -> list[BaselineRole]:
+        """The baselines of transfer.compare_to in order, each with the models that may play it (several: the
+        report takes the best on target validation); roles without a model in the run are left out."""
+        methods = set(self.transfer_methods())
+        baselines = [m for m in self.models if m.name not in methods]
+        roles = []
+        for wanted in self.transfer.compare_to:
+            if wanted == "target_only":
+                names = [self.transfer.baseline] if self.transfer.baseline else \
+                    [m.name for m in baselines if m.kind in NEURAL_KINDS and regime_of(m) == "target"][:1]
+                roles.append(BaselineRole("target_only", tuple(names)))
+            elif wanted == "best_pooled":
+                names = [self.transfer.pooled_baseline] if self.transfer.pooled_baseline else \
+                    [m.name for m in baselines if regime_of(m) == "pooled"]
+                roles.append(BaselineRole("pooled", tuple(names)))
+            else:
+                knn = [m for m in baselines if m.kind == "itemknn"]
+                knn.sort(key=lambda m: regime_of(m) != "pooled")  # the pooled one first: it sees both sides
+                roles.append(BaselineRole("itemknn", tuple(m.name for m in knn[:1])))
+        return [role for role in roles if role.candidates]
 
     @model_validator(mode="after")
     def _consistent(self) -> PipelineConfig:

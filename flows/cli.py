@@ -147,9 +147,9 @@ def report(result, console, title: str) -> None:
     if gain.exists():
         import polars as pl
 
-        from tasks.transfer_report import format_gain_table
+        from tasks.transfer_report import format_gain_tables
 
-        console.print(format_gain_table(pl.read_csv(gain)), markup=False, highlight=False)
+        console.print(format_gain_tables(pl.read_csv(gain)), markup=False, highlight=False)
         console.print(f"transfer gain:   {gain} (plots: transfer_gain_*.png)")
     console.print(f"MLflow run:      {result.mlflow_run_id} in {result.tracking_uri}")
 

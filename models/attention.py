@@ -111,6 +111,10 @@ class SASRecRecommender(SequentialRecommender):
         if isinstance(module, nn.Embedding) and module.padding_idx is not None:
             nn.init.zeros_(module.weight[module.padding_idx])
 
+    def embed_inputs(self, history: Tensor) -> Tensor:
+        """[B, T] item_idx -> [B, T, D] what each position contributes before its position embedding."""
+        return self.item_embedding(history) * self.embedding_scale
+
     def encode(self, history: Tensor) -> Tensor:
         """[B, T] left-padded item_idx (T <= max_seq_len) -> [B, T, D] interest after each position."""
         length = history.shape[1]
@@ -119,7 +123,7 @@ class SASRecRecommender(SequentialRecommender):
                              f"max_seq_len {self.max_seq_len}; pass at most that many recent items")
         present = history > 0  # [B, T]
         positions = torch.arange(self.max_seq_len - length, self.max_seq_len, device=history.device)  # [T]
-        x = self.item_embedding(history) * self.embedding_scale + self.position_embedding(positions)
+        x = self.embed_inputs(history) + self.position_embedding(positions)
         x = self.embedding_dropout(x)  # [B, T, D]
         # Query t may attend to keys s <= t that hold an item, and always to itself: a padded query
         # then sees only itself, so no softmax row is empty; its output is zeroed below anyway.

@@ -233,12 +233,35 @@ class SequentialRecommender(pl.LightningModule):
         return scores
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_index: int) -> Tensor:
+        loss, positions = self.next_item_training_loss(batch)
+        self.log(TRAIN_LOSS, loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=max(positions, 1))
+        if self.anchor is not None:
+            loss = loss + self.anchor_penalty()
+        return loss
+
+    def next_item_training_loss(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, int]:
+        """(mean next-item loss of a batch of windows, positions it averages over)."""
         inputs, targets = batch  # [B, T] each
         labelled = targets > 0
         interest = self.encode(inputs)[labelled]  # [M, H]: only positions with a next item
-        loss = self.next_item_loss(self, interest, targets[labelled])
-        self.log(TRAIN_LOSS, loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=int(labelled.sum()))
-        return loss
+        return self.next_item_loss(self, interest, targets[labelled]), int(labelled.sum())
+
+    # L2-SP (Li, Grandvalet & Davoine, "Explicit Inductive Bias for Transfer Learning with Convolutional
+    # Networks", ICML 2018): set by `anchor_weights` before a fine-tuning stage.
+    anchor: tuple[float, dict[str, Tensor]] | None = None
+
+    def anchor_weights(self, strength: float) -> None:
+        """From now on, add strength/2 · ||w - w_now||² over the trainable weights to the training loss: the
+        fine-tuning stage is pulled towards the pre-trained weights instead of towards zero."""
+        self.anchor = (strength, {name: weight.detach().clone() for name, weight in self.named_parameters()
+                                  if weight.requires_grad})
+
+    def anchor_penalty(self) -> Tensor:
+        """strength/2 · squared distance of the trainable weights from their anchored values."""
+        strength, anchored = self.anchor
+        weights = dict(self.named_parameters())
+        distance = sum(((weights[name] - value.to(weights[name].device)) ** 2).sum() for name, value in anchored.items())
+        return 0.5 * strength * distance
 
     def validation_step(self, batch: EvalBatch, batch_index: int) -> None:
         scores = rankable_scores(self, batch, self.exclude_seen)
@@ -275,6 +298,10 @@ class SequentialRecommender(pl.LightningModule):
                 if config.reduce_on_plateau:
                     config.scheduler.step(pending)
 
+    def configure_loss(self, train: TrainConfig, sequences: list) -> None:
+        """Set the next-item loss that `train.loss` names, fitted to the training sequences (called by `fit`)."""
+        self.next_item_loss = build_loss(train, sequences, self.n_items)
+
     def make_optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
 
@@ -299,7 +326,7 @@ class SequentialRecommender(pl.LightningModule):
         started = time.perf_counter()
         pl.seed_everything(seed, workers=True)
         self.lr_decay = (train.lr_decay_factor, train.lr_decay_patience) if train.lr_decay_factor else None
-        self.next_item_loss = build_loss(train, data.train, self.n_items)
+        self.configure_loss(train, data.train)
         resume_from = None
         if checkpoint_dir is not None:
             signature = fit_signature(self, data, train, seed)

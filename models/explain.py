@@ -24,6 +24,8 @@ kind has a closed form that needs only a [B, K, T] product per batch:
 - ItemKNN: evidence = sim(h, r), the item-item cosine of its neighbour lists (its score of r is the
   recency-weighted sum of these over the history).
 - Popularity: the score ignores the history, so the evidence is 0 everywhere and no reasons are given.
+- Domain-aware SASRec scores each domain with its own interest (no single linear head): the definition,
+  from `score_all`.
 
 What it is not: a decomposition of the user's actual score. A sequence model's interest after
 [h1, h2, ...] is not a sum over items; single-item evidence says what each history item alone would
@@ -42,6 +44,7 @@ from torch import Tensor
 from models.base import Recommender, SequentialRecommender
 from models.baselines import PopularityRecommender
 from models.bert_transfer import BertTransferRecommender
+from models.domain_attention import DomainSASRecRecommender
 from models.itemknn import ItemKNNRecommender
 from models.mapping import MappingRecommender
 from models.transfer_data import SOURCE
@@ -188,6 +191,8 @@ def evidence_for(model: Recommender) -> Evidence:
     if isinstance(model, BertTransferRecommender):
         return InterestEvidence(model.n_items, lambda h: model.encode(h)[:, -1],
                                 lambda: model.item_representations() * model.logit_scale)
+    if isinstance(model, DomainSASRecRecommender):  # each domain has its own interest: no single linear head
+        return ScoreEvidence(model)
     if isinstance(model, SequentialRecommender):
         return InterestEvidence(model.n_items, lambda h: model.encode(h)[:, -1], lambda: model.output.weight)
     return ScoreEvidence(model)

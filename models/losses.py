@@ -46,19 +46,28 @@ class ScoresItems(Protocol):
 
 
 class FullSoftmax:
-    """Cross-entropy over the whole catalogue."""
+    """Cross-entropy over the whole catalogue, or over the items of `candidates` ([n_items] bool) only."""
+
+    def __init__(self, candidates: Tensor | None = None):
+        self.candidates = candidates
 
     def __call__(self, model: ScoresItems, interest: Tensor, targets: Tensor) -> Tensor:
         """Mean loss over positions: interest [M, H], targets [M] item_idx."""
-        return F.cross_entropy(model.item_scores(interest), targets)
+        scores = model.item_scores(interest)
+        if self.candidates is not None:
+            scores = scores.masked_fill(~self.candidates.to(scores.device), float("-inf"))
+        return F.cross_entropy(scores, targets)
 
 
 class NegativeSampler:
     """Draws negatives shared by a batch, from a fixed proposal over item_idx 1..n_items-1 (never padding)."""
 
     def __init__(self, proposal: Tensor, negatives: int):
-        self.proposal = proposal / proposal.sum()  # [n_items], 0 at padding
-        self.uniform = bool((self.proposal[1:] == self.proposal[1]).all())
+        proposal = proposal.clone()
+        proposal[0] = 0  # padding is never a negative
+        self.proposal = proposal / proposal.sum()  # [n_items], 0 at padding and at items never to be drawn
+        self.support = self.proposal.nonzero().flatten()  # the items that can be drawn
+        self.uniform = bool((self.proposal[self.support] == self.proposal[self.support[0]]).all())
         self.negatives = negatives
         self._on: dict[torch.device, tuple[Tensor, Tensor]] = {}
 
@@ -74,7 +83,10 @@ class NegativeSampler:
         checkpoints, so a resumed fit draws what the uninterrupted one would have)."""
         proposal, _ = self.on(device)
         if self.uniform:  # randint is far cheaper than multinomial over a million items
-            return torch.randint(1, len(proposal), (self.negatives,), device=device)
+            if len(self.support) == len(proposal) - 1:  # every item but padding: no index table needed
+                return torch.randint(1, len(proposal), (self.negatives,), device=device)
+            support = self.support.to(device)
+            return support[torch.randint(0, len(support), (self.negatives,), device=device)]
         return torch.multinomial(proposal, self.negatives, replacement=True)
 
 
@@ -110,11 +122,11 @@ class SampledSoftmax:
 class GeneralisedBCE:
     """gSASRec's gBCE against uniform negatives shared by the batch."""
 
-    def __init__(self, sampler: NegativeSampler, n_items: int, calibration: float):
+    def __init__(self, sampler: NegativeSampler, calibration: float):
         if not sampler.uniform:
             raise ValueError("train.loss gbce draws its negatives uniformly (train.negative_sampler: uniform)")
         self.sampler = sampler
-        alpha = min(1.0, sampler.negatives / max(1, n_items - 2))  # negatives per other real item
+        alpha = min(1.0, sampler.negatives / max(1, len(sampler.support) - 1))  # negatives per other item
         self.beta = alpha * (calibration * (1 - 1 / alpha) + 1 / alpha)
 
     def __call__(self, model: ScoresItems, interest: Tensor, targets: Tensor) -> Tensor:
@@ -137,18 +149,30 @@ def item_counts(train: list[np.ndarray], n_items: int) -> Tensor:
     return counts
 
 
-def build_loss(train: TrainConfig, sequences: list[np.ndarray], n_items: int) -> NextItemLoss:
-    """The loss `train.loss` names, with its sampler fitted to the training sequences."""
+def build_loss(train: TrainConfig, sequences: list[np.ndarray], n_items: int,
+               candidates: np.ndarray | None = None) -> NextItemLoss:
+    """The loss `train.loss` names, with its sampler fitted to the training sequences.
+
+    candidates: [n_items] bool, the only items the loss ranks a target among (its targets must be
+    among them); None: the whole catalogue. A domain-aware model trains one such loss per domain.
+    """
+    allowed = None if candidates is None else torch.as_tensor(np.asarray(candidates, dtype=bool))
     if train.loss == "full":
-        return FullSoftmax()
+        return FullSoftmax(allowed)
     counts = item_counts(sequences, n_items)
+    if allowed is not None:
+        counts = counts * allowed
     if train.negative_sampler == "uniform":
         proposal = torch.ones(n_items, dtype=torch.float64)
     else:  # add-one smoothing: an item without training interactions can still be drawn
         proposal = (counts + 1) ** train.popularity_alpha
     proposal[0] = 0
+    if allowed is not None:
+        proposal = proposal * allowed
+        if not proposal.any():
+            raise ValueError("the loss's candidate items are empty: there is no item to draw negatives from")
     sampler = NegativeSampler(proposal.float(), train.negatives)
     if train.loss == "gbce":
-        return GeneralisedBCE(sampler, n_items, train.gbce_t)
+        return GeneralisedBCE(sampler, train.gbce_t)
     frequency = (counts / counts.sum().clamp(min=1)).float() if train.in_batch_negatives else None
     return SampledSoftmax(sampler, frequency)

@@ -10,7 +10,9 @@ from models.attention import SASRecRecommender
 from models.base import Recommender
 from models.baselines import PopularityRecommender
 from models.bert_transfer import BertTransferRecommender
+from models.domain_attention import DomainSASRecRecommender
 from models.extractors import CaserRecommender, GRURecommender
+from models.hybrid import HybridRecommender
 from models.itemknn import ItemKNNRecommender
 from models.mapping import EMCDRRecommender, PTUPCDRRecommender
 
@@ -19,7 +21,9 @@ MODEL_CLASSES: dict[str, Any] = {
     GRURecommender.kind: GRURecommender,
     CaserRecommender.kind: CaserRecommender,
     SASRecRecommender.kind: SASRecRecommender,
+    DomainSASRecRecommender.kind: DomainSASRecRecommender,
     ItemKNNRecommender.kind: ItemKNNRecommender,
+    HybridRecommender.kind: HybridRecommender,
     BertTransferRecommender.kind: BertTransferRecommender,
     EMCDRRecommender.kind: EMCDRRecommender,
     PTUPCDRRecommender.kind: PTUPCDRRecommender,

@@ -24,7 +24,7 @@ from models.data import SequenceData
 
 OTHER, SOURCE, TARGET = 0, 1, 2  # role codes of users and items
 EMPTY = np.empty(0, np.int64)
-Regime = Literal["pooled", "target", "source", "source_then_target", "joint"]
+Regime = Literal["pooled", "target", "source", "source_then_target", "pooled_then_target", "joint"]
 Reads = Literal["all", "target", "source"]
 MAX_JOINT_REPEATS = 20
 
@@ -47,9 +47,9 @@ class TransferViews:
     sampled_target_users: np.ndarray  # positions whose target data training may use
 
     def training_data(self, regime: Regime) -> SequenceData:
-        """The view a single-stage regime trains on (source_then_target trains on source, then target)."""
+        """The view a single-stage regime trains on (the fine-tuning regimes: their first stage's view)."""
         return {"pooled": self.pooled, "target": self.target, "source": self.source, "joint": self.joint,
-                "source_then_target": self.source}[regime]
+                "source_then_target": self.source, "pooled_then_target": self.pooled}[regime]
 
     def item_mask(self, reads: Reads) -> np.ndarray | None:
         """[n_items] bool mask of the items a model reading `reads` sees in a history; None: all."""
@@ -109,7 +109,12 @@ def _view(data: SequenceData, users: np.ndarray, item_mask: np.ndarray | None = 
 def _with_repeats(data: SequenceData, users: np.ndarray, repeats: int) -> SequenceData:
     """`data` plus `repeats - 1` extra training-only copies of `users`' training sequences (appended
     after the real users, so every real position is unchanged)."""
-    extra = [data.train[u] for u in users] * (repeats - 1)
+    return with_extra_sequences(data, [data.train[u] for u in users] * (repeats - 1))
+
+
+def with_extra_sequences(data: SequenceData, extra: list[np.ndarray]) -> SequenceData:
+    """`data` plus training-only users holding the `extra` sequences (appended after the real users, so every
+    real position is unchanged)."""
     pad = [EMPTY] * len(extra)
     return SequenceData(data.n_items, data.train + extra, data.valid + pad, data.test + pad, data.context + pad)
 

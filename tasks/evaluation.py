@@ -22,7 +22,7 @@ from tasks import schemas
 from tasks.io import CacheDir, TableRef, fingerprint_text, inside, read_table, write_parquet
 from tasks.preprocessing import PreparedData
 from tasks.training import TrainedModel
-from tasks.transfer import input_data, load_views, only_test_users
+from tasks.transfer import input_data, load_views, only_users
 
 log = logging.getLogger(__name__)
 ALL_USERS = "all"
@@ -164,10 +164,13 @@ def evaluate_trained(prepared: PreparedData, trained: TrainedModel, cfg: Evaluat
 
 def score_report_users(prepared: PreparedData, trained: TrainedModel, scenario: ScenarioConfig,
                        transfer: TransferConfig, cfg: EvaluationConfig, max_seq_len: int, seed: int) -> pl.DataFrame:
-    """Per-user test metrics of one model on the report's subsets: target users ('all') and cold-start users.
+    """Per-user metrics of one model on the report's subsets: target users ('all') and cold-start users on
+    test, and the target's validation users (split valid, subset 'all': what chooses the best pooled baseline).
 
-    Columns: model, target_fraction, subset, user_idx, <metric>_at_<k>. Each subset ranks the same
-    users with the same input for every model (restricted to the items the model reads).
+    Columns: model, target_fraction, split, subset, user_idx, <metric>_at_<k>. Each subset ranks the same
+    users with the same input for every model (restricted to the items the model reads). The validation
+    users are those whose validation item training may use (the target view's): at a target fraction
+    below 1 only the sampled target users, so choosing a baseline uses no more target data than training.
     """
     views = load_views(prepared, scenario, transfer, trained.target_fraction, seed)
     device = scoring_device()
@@ -175,17 +178,22 @@ def score_report_users(prepared: PreparedData, trained: TrainedModel, scenario: 
     items = read_table(prepared.items, schemas.ITEM_INDEX, "items")
     item_domains = domain_codes(items)
     mask = views.item_mask(trained.reads)
+    target_valid_users = views.target.users_with_targets("valid")
     frames = []
-    for subset, data, users in (("all", views.evaluation, views.report_users),
-                                ("cold_start", views.cold_evaluation, views.cold_users)):
+    for split, subset, data, users in (("test", "all", views.evaluation, views.report_users),
+                                       ("test", "cold_start", views.cold_evaluation, views.cold_users),
+                                       ("valid", "all", views.evaluation, target_valid_users)):
         if len(users) == 0:
             continue
-        ranked, per_user = score_users(model, keep_items(only_test_users(data, users), mask), "test", cfg,
+        ranked, per_user = score_users(model, keep_items(only_users(data, users, split), mask), split, cfg,
                                        max_seq_len, item_domains, device)
+        if per_user.is_empty():  # none of these users has an item this model reads (e.g. a mapping model)
+            continue
         frames.append(per_user.with_columns(
             pl.lit(trained.config_name).alias("model"),
             pl.lit(trained.target_fraction, dtype=pl.Float64).alias("target_fraction"),
-            pl.lit(subset).alias("subset"), pl.Series("user_idx", ranked + 1, dtype=pl.Int64),
+            pl.lit(split).alias("split"), pl.lit(subset).alias("subset"),
+            pl.Series("user_idx", ranked + 1, dtype=pl.Int64),
         ))
     return pl.concat(frames) if frames else pl.DataFrame()
 

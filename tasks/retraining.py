@@ -29,6 +29,7 @@ from tasks.io import TableRef, fingerprint_file, write_json
 from tasks.preprocessing import PreparedData, load_sequence_data
 from tasks.runs import RunContext
 from tasks.training import TrainedModel
+from tasks.transfer import item_roles
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,8 @@ def finetune_model(champion_file: Path, champion_item_ids: list[str], name: str,
     else:
         log.info("refitting %s (%s) on the current data: it has no weights to fine-tune", name, kind)
         train = config.train
+    if hasattr(candidate, "attach_item_domains"):  # the current catalogue's domains, new items included
+        candidate.attach_item_domains(item_roles(prepared))
     summary = candidate.fit(data, train, config.seed, loggers=loggers, checkpoint_dir=out_dir / "checkpoints")
     model_path = out_dir / "model.pt"
     candidate.save(model_path)

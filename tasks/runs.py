@@ -6,8 +6,9 @@ Output contract of a run folder (scripts and schedulers rely on it):
   recommendations.parquet   user_id, item_id, rank, score, reason_item_ids, reason_scores
                             (and .csv, reasons ';'-joined)
   run.json                  MLflow run id and tracking URI, paths, counts
-  transfer_gain.csv         transfer runs: scenario, model, target_fraction, subset, metric, k, value,
-                            baseline_model, baseline_value, rel_gain, ci_low, ci_high, n_users
+  transfer_gain.csv         transfer runs: scenario, model, model_role, target_fraction, subset, metric, k,
+                            value, baseline_model, baseline_role, baseline_value, rel_gain, ci_low, ci_high,
+                            n_users (one row per baseline of transfer.compare_to)
   transfer_gain_<subset>.png  transfer runs: NDCG@10 gain vs target-data fraction, one line per model
   test_metrics.png          test NDCG@10 and HR@10 per model (bars)
   data/                     the preprocessed tables (events, sequences, users, items) as Parquet
@@ -36,7 +37,7 @@ from tasks.io import (CacheDir, TableRef, file_lock, fingerprint_text, inside, o
 from tasks.plots import plot_model_metrics
 from tasks.preprocessing import PreparedData
 from tasks.training import TrainedModel
-from tasks.transfer_report import format_gain_table, plot_gain, transfer_gain_table
+from tasks.transfer_report import format_gain_tables, plot_gain, transfer_gain_table
 
 TRANSFER_GAIN_FILE = "transfer_gain.csv"
 METRICS_PLOT_FILE = "test_metrics.png"
@@ -138,14 +139,15 @@ def record_transfer_report(run: RunContext, per_user: list[pl.DataFrame], config
     """Write transfer_gain.csv and its plot into the run folder, log both to MLflow, and print the table."""
     table = transfer_gain_table(pl.concat([frame for frame in per_user if not frame.is_empty()], how="diagonal"),
                                 config.scenario.name, config.transfer_baselines(),
-                                n_samples=config.transfer.bootstrap_samples, seed=config.seed)
+                                n_samples=config.transfer.bootstrap_samples, seed=config.seed,
+                                transfer_models=config.transfer_methods())
     ref = write_csv(table, run.run_dir / TRANSFER_GAIN_FILE)
     plots = [plot_gain(table, run.run_dir / f"transfer_gain_{subset}.png", subset=subset)
              for subset in table["subset"].unique().sort().to_list()]
     tracking.log_files(run.tracking_uri, run.mlflow_run_id, [Path(ref.path), *plots])
     tracking.log_table(run.tracking_uri, run.mlflow_run_id, table, "transfer_gain.json")
-    print(f"Transfer gain, {config.scenario.name} (NDCG@10 relative to the baseline, paired bootstrap 95% CI):")
-    print(format_gain_table(table))
+    print(f"Transfer gain, {config.scenario.name} (NDCG@10 relative to each baseline, paired bootstrap 95% CI):")
+    print(format_gain_tables(table))
     return ref
 
 

@@ -9,6 +9,12 @@ against known truth:
   the direct successor ("sequel") of the last item with `sequel_probability`, so recent
   behaviour predicts the next item far better than popularity does;
 - item popularity is Zipf-distributed (long tail).
+Off by default, and planted for the transfer methods that exploit them (tests check each method helps
+where its structure exists and not where it does not):
+- `group_transition_share`: group-specific sequels (group g's sequel is g+1 places further), which a
+  model pooled over the groups blurs; `group_shares` makes the target group small;
+- `domain_bridge_probability`: the next item is the current one's counterpart in the next domain,
+  a cross-domain transition that a domain-aware model can learn from mixed sequences.
 Every step is vectorised over users with numpy; only the loop over sequence positions remains.
 """
 from __future__ import annotations
@@ -101,7 +107,10 @@ def make_items(cfg: SyntheticConfig, rng: np.random.Generator) -> tuple[pl.DataF
 def make_users(cfg: SyntheticConfig, rng: np.random.Generator) -> tuple[pl.DataFrame, np.ndarray]:
     """Users with a group and an age band, and the index of each user's group."""
     n_users = cfg.scaled_users()
-    group = rng.integers(0, len(cfg.groups), n_users)
+    if cfg.group_shares is None:
+        group = rng.integers(0, len(cfg.groups), n_users)
+    else:
+        group = rng.choice(len(cfg.groups), size=n_users, p=np.asarray(cfg.group_shares) / sum(cfg.group_shares))
     users = pl.DataFrame(
         {
             "user_id": [f"u{u:07d}" for u in range(n_users)],
@@ -150,9 +159,20 @@ def generate_shop(cfg: SyntheticConfig, seed: int) -> ShopTables:
             topic = np.where(rng.random(active.size) < cfg.topic_stay_probability, topic, new_topic)
             fresh = item_in_cell(topic * n_domains + sample_rows(rng, user_domains[active]))
             cell = np.searchsorted(cell_start, item, side="right") - 1
-            has_sequel = (item + 1 < cell_start[cell + 1]) & (cell // n_domains == topic)
+            # Extra draws only when a planted structure is switched on, so that without one the shop is
+            # exactly what it always was for the same seed.
+            step_ahead = 1
+            if cfg.group_transition_share > 0:
+                own_rule = rng.random(active.size) < cfg.group_transition_share
+                step_ahead = np.where(own_rule, 1 + group[active], 1)
+            has_sequel = (item + step_ahead < cell_start[cell + 1]) & (cell // n_domains == topic)
             sequel = has_sequel & (rng.random(active.size) < cfg.sequel_probability)
-            item = np.where(sequel, item + 1, fresh)
+            previous = item
+            item = np.where(sequel, item + step_ahead, fresh)
+            if cfg.domain_bridge_probability > 0 and n_domains > 1:
+                bridge = ~sequel & (rng.random(active.size) < cfg.domain_bridge_probability)
+                item = np.where(bridge, counterpart(previous, cell, cell_start, n_domains), item)
+                topic = np.where(bridge, cell // n_domains, topic)  # a bridge stays in the previous item's topic
         user_steps.append(active)
         item_steps.append(item)
 
@@ -179,6 +199,14 @@ def generate_shop(cfg: SyntheticConfig, seed: int) -> ShopTables:
         }
     )
     return ShopTables(interactions=interactions, items=items, users=users)
+
+
+def counterpart(item: np.ndarray, cell: np.ndarray, cell_start: np.ndarray, n_domains: int) -> np.ndarray:
+    """The item at the same place of the same topic's series in the next domain (its last item if shorter)."""
+    topic, domain = cell // n_domains, cell % n_domains
+    other = topic * n_domains + (domain + 1) % n_domains
+    place = item - cell_start[cell]
+    return np.minimum(cell_start[other] + place, cell_start[other + 1] - 1)
 
 
 def _cumsum_per_segment(values: np.ndarray, segment_start: np.ndarray) -> np.ndarray:

@@ -15,16 +15,17 @@ from prefect.context import TaskRunContext
 from prefect.settings import PREFECT_TASKS_REFRESH_CACHE
 from pytorch_lightning.loggers import Logger, MLFlowLogger
 
-from conf.schema import (MAPPING_KINDS, ExecutionConfig, ExportConfig, OutputConfig, PipelineConfig, PlannedModel,
+from conf.schema import (FINETUNE_REGIMES, MAPPING_KINDS, ExecutionConfig, ExportConfig, OutputConfig, PipelineConfig, PlannedModel,
                          RegistryConfig, TrackingConfig, TrainConfig, regime_of)
+from models.augmentation import augmented_copies
 from models.base import FitSummary, Recommender, SequentialRecommender
 from models.data import SequenceData
 from models.registry import MODEL_CLASSES, build_model
-from models.transfer_data import TransferViews, reads_of
+from models.transfer_data import TransferViews, reads_of, with_extra_sequences
 from tasks.io import (CacheDir, TableRef, atomic_path, file_lock, fingerprint_file, fingerprint_text, inside,
                       write_json)
 from tasks.preprocessing import PreparedData, load_sequence_data  # noqa: F401 (re-exported)
-from tasks.transfer import item_text_tensor, load_views
+from tasks.transfer import item_roles, item_text_tensor, load_views
 
 log = logging.getLogger(__name__)
 TRAINED_RECORD = "trained.json"  # beside model.pt: how its training went; written last, so it marks a finished model
@@ -60,11 +61,14 @@ def model_options(planned: PlannedModel, config: PipelineConfig, text_dim: int |
     """Constructor options of the planned model: its own section, plus training settings for neural ones."""
     model_cfg, train = planned.model, config.train
     exclude_seen = config.evaluation.exclude_seen
-    options = model_cfg.model_dump(exclude={"kind", "name", "train_on", "max_minutes"})
+    options = model_cfg.model_dump(exclude=NOT_CONSTRUCTOR_OPTIONS)
     neural = {"learning_rate": train.learning_rate, "weight_decay": train.weight_decay,
               "max_seq_len": train.max_seq_len, "exclude_seen": exclude_seen}
+    if model_cfg.kind == "hybrid":
+        sequence = model_cfg.sequence.model_dump(exclude=NOT_CONSTRUCTOR_OPTIONS - {"kind"}) | neural
+        return {"sequence": sequence, "neighbours": model_cfg.neighbours}
     if model_cfg.kind in MAPPING_KINDS:
-        extractor = model_cfg.extractor.model_dump(exclude={"name", "train_on", "max_minutes"}) | neural
+        extractor = model_cfg.extractor.model_dump(exclude=NOT_CONSTRUCTOR_OPTIONS - {"kind"}) | neural
         return {"extractor": extractor, "mapping_hidden": model_cfg.mapping_hidden,
                 "learning_rate": train.learning_rate, "max_epochs": train.max_epochs, "patience": train.patience}
     if issubclass(MODEL_CLASSES[model_cfg.kind], SequentialRecommender):
@@ -75,27 +79,34 @@ def model_options(planned: PlannedModel, config: PipelineConfig, text_dim: int |
     return options
 
 
+# Settings a model section may set for itself (NeuralModelSection): they go to its TrainConfig, not its constructor.
+OWN_TRAINING_SETTINGS = ("max_minutes", "l2sp", "augment_copies")
+NOT_CONSTRUCTOR_OPTIONS = {"kind", "name", "train_on", *OWN_TRAINING_SETTINGS}
+
+
 def model_training(planned: PlannedModel, config: PipelineConfig) -> TrainConfig:
-    """The training settings of the planned model: train, with the model's own budget where it sets one."""
-    budget = getattr(planned.model, "max_minutes", None)
-    return config.train if budget is None else config.train.model_copy(update={"max_minutes": budget})
+    """The training settings of the planned model: train, with the model's own budget and L2-SP where it sets them."""
+    own = {key: value for key in OWN_TRAINING_SETTINGS if (value := getattr(planned.model, key, None)) is not None}
+    return config.train.model_copy(update=own) if own else config.train
 
 
-def pretrain_on_source(model: Recommender, views: TransferViews, train: TrainConfig, seed: int,
-                       loggers: list[Logger], pretrain_dir: Path) -> FitSummary:
-    """Fit on the source view, or load the weights a previous fit left in pretrain_dir.
+def pretrain(model: Recommender, data: SequenceData, train: TrainConfig, seed: int, loggers: list[Logger],
+             pretrain_dir: Path) -> FitSummary:
+    """Fit on the pre-training view (the source, or the pooled data), or load the weights a previous fit left in
+    pretrain_dir.
 
-    The source view does not depend on the target fraction, so a sweep over fractions pre-trains
-    once and fine-tunes from the same weights for every fraction. One process at a time pre-trains
-    into a folder; another one asking for it waits, then reuses the weights.
+    The source view does not depend on the target fraction, so a sweep over fractions pre-trains on it
+    once and fine-tunes from the same weights for every fraction (the pooled view does, so its folder
+    is per fraction). One process at a time pre-trains into a folder; another one asking for it waits,
+    then reuses the weights.
     """
     weights, summary_file = pretrain_dir / "pretrained.pt", pretrain_dir / "summary.json"
-    with file_lock(lock_file(pretrain_dir), "pre-training on the source"):
+    with file_lock(lock_file(pretrain_dir), "pre-training"):
         if weights.exists() and summary_file.exists():
             model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
             log.info("pre-trained weights reused from %s", weights)
             return FitSummary(**json.loads(summary_file.read_text()))
-        summary = model.fit(views.source, train, seed, loggers=loggers, checkpoint_dir=pretrain_dir / "checkpoints")
+        summary = model.fit(data, train, seed, loggers=loggers, checkpoint_dir=pretrain_dir / "checkpoints")
         with atomic_path(weights) as temporary:
             torch.save({k: v.cpu() for k, v in model.state_dict().items()}, temporary)
         write_json(asdict(summary), summary_file)  # last: marks the pre-training finished
@@ -105,20 +116,35 @@ def pretrain_on_source(model: Recommender, views: TransferViews, train: TrainCon
 def fit_regime(model: Recommender, regime: str, data: SequenceData, views: TransferViews | None,
                train: TrainConfig, seed: int, loggers: list[Logger], checkpoint_dir: Path,
                pretrain_dir: Path | None = None) -> FitSummary:
-    """Fit the model under its regime: on one view, source then target (transfer), or through a mapping."""
+    """Fit the model under its regime: on one view, pre-trained then fine-tuned on the target (source_then_target,
+    pooled_then_target), or through a mapping."""
     if views is None:
         return model.fit(data, train, seed, loggers=loggers, checkpoint_dir=checkpoint_dir)
     if regime == "mapping":
         return model.fit_views(views, train, seed, loggers=loggers, checkpoint_dir=checkpoint_dir)
-    if regime != "source_then_target":
-        return model.fit(views.training_data(regime), train, seed, loggers=loggers, checkpoint_dir=checkpoint_dir)
-    pretrained = pretrain_on_source(model, views, train, seed, loggers, pretrain_dir or checkpoint_dir / "source")
+    if regime not in FINETUNE_REGIMES:
+        return model.fit(augmented(views.training_data(regime), views, train, seed), train, seed, loggers=loggers,
+                         checkpoint_dir=checkpoint_dir)
+    first_stage = views.source if regime == "source_then_target" else augmented(views.pooled, views, train, seed)
+    pretrained = pretrain(model, first_stage, train, seed, loggers, pretrain_dir or checkpoint_dir / "pretrain")
     if hasattr(model, "prepare_finetune"):
         model.prepare_finetune()
-    # The fine-tune starts from the weights the source stage ended with (its best epoch).
-    finetuned = model.fit(views.target, train, seed, loggers=loggers, checkpoint_dir=checkpoint_dir / "target")
+    if train.l2sp > 0:
+        model.anchor_weights(train.l2sp)
+    # The fine-tune starts from the weights the first stage ended with (its best epoch).
+    finetuned = model.fit(augmented(views.target, views, train, seed), train, seed, loggers=loggers,
+                          checkpoint_dir=checkpoint_dir / "target")
     return FitSummary(pretrained.epochs + finetuned.epochs, finetuned.best_valid_ndcg,
                       pretrained.seconds + finetuned.seconds, finetuned.stopped_by)
+
+
+def augmented(view: SequenceData, views: TransferViews, train: TrainConfig, seed: int) -> SequenceData:
+    """The view plus train.augment_copies altered copies of each sampled target user's training sequence in it
+    (none for the source view: it holds no target data)."""
+    if train.augment_copies == 0 or view is views.source:
+        return view
+    sequences = [view.train[u] for u in views.sampled_target_users if len(view.train[u]) > 1]
+    return with_extra_sequences(view, augmented_copies(sequences, train.augment_copies, seed))
 
 
 def lock_file(folder: Path) -> Path:
@@ -149,12 +175,14 @@ def train_recommender(prepared: PreparedData, planned: PlannedModel, config: Pip
     model_cfg, seed = planned.model, config.seed
     regime = regime_of(model_cfg)
     # Everything the source stage depends on, and nothing of the target fraction: a fraction sweep
-    # pre-trains once. The trained model's own key adds the fraction.
+    # pre-trains on the source once. The trained model's own key adds the fraction.
     pretrain_key = fingerprint_text(prepared.sequences.fingerprint, model_cfg.model_dump(mode="json"),
                                     config.train.model_dump(), seed, config.evaluation.exclude_seen,
                                     config.scenario.model_dump(), config.transfer.cold_start_fraction,
                                     config.text.model_dump(), item_text.fingerprint if item_text else None)
     key = fingerprint_text(pretrain_key, planned.target_fraction)
+    if regime == "pooled_then_target":  # the pooled view holds the fraction's target users: pre-trained per fraction
+        pretrain_key = key
     # Folder names carry the model's configured name: it must not lead out of the cache.
     out_dir = inside(cache_root, f"train-{model_cfg.name}-{key}", setting=f"models: name {model_cfg.name!r}")
     pretrain_dir = inside(cache_root, f"pretrain-{model_cfg.name}-{pretrain_key}",
@@ -162,7 +190,7 @@ def train_recommender(prepared: PreparedData, planned: PlannedModel, config: Pip
     model_path, record_path = out_dir / "model.pt", out_dir / TRAINED_RECORD
     with file_lock(lock_file(out_dir), f"training {planned.label}"):
         if refresh:
-            with file_lock(lock_file(pretrain_dir), "pre-training on the source"):
+            with file_lock(lock_file(pretrain_dir), "pre-training"):
                 discard_once(pretrain_dir)
             discard_once(out_dir)
         if model_path.is_file() and record_path.is_file():
@@ -183,6 +211,8 @@ def train_recommender(prepared: PreparedData, planned: PlannedModel, config: Pip
                             model_options(planned, config, vectors.shape[1] if vectors is not None else None))
         if vectors is not None:
             model.attach_item_text(vectors)
+        if hasattr(model, "attach_item_domains"):
+            model.attach_item_domains(item_roles(prepared))
         loggers = [MLFlowLogger(tracking_uri=tracking_uri, run_id=mlflow_run_id)] if mlflow_run_id else []
         summary = fit_regime(model, regime, data, views, model_training(planned, config), seed, loggers,
                              out_dir / "checkpoints", pretrain_dir)

@@ -77,11 +77,12 @@ def embed_item_texts(prepared: PreparedData, text: TextConfig, cache_dir: Path) 
     return TableRef(str(path), fingerprint_file(path))
 
 
-def only_test_users(data: SequenceData, users: np.ndarray) -> SequenceData:
-    """The data with test targets kept for `users` only, so that only they are ranked."""
+def only_users(data: SequenceData, users: np.ndarray, split: str = "test") -> SequenceData:
+    """The data with the targets of `split` (valid or test) kept for `users` only, so that only they are ranked."""
     chosen = np.zeros(len(data.test), bool)
     chosen[users] = True
-    return replace(data, test=[t if chosen[u] else EMPTY for u, t in enumerate(data.test)])
+    kept = [t if chosen[u] else EMPTY for u, t in enumerate(data.targets(split))]
+    return replace(data, **{split: kept})
 
 
 @task(name="embed-item-texts", cache_policy=INPUTS + TASK_SOURCE, persist_result=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,20 +18,23 @@ import polars as pl
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from conf.schema import BaselineRole
 from models.metrics import METRIC_NAMES
 from tasks.io import atomic_path
 
 logger = logging.getLogger(__name__)
 
-TRANSFER_GAIN_COLUMNS = ["scenario", "model", "target_fraction", "subset", "metric", "k", "value",
-                         "baseline_model", "baseline_value", "rel_gain", "ci_low", "ci_high", "n_users"]
+TRANSFER_GAIN_COLUMNS = ["scenario", "model", "model_role", "target_fraction", "subset", "metric", "k", "value",
+                         "baseline_model", "baseline_role", "baseline_value", "rel_gain", "ci_low", "ci_high",
+                         "n_users"]
 TRANSFER_GAIN_SCHEMA = pl.Schema({
-    "scenario": pl.String, "model": pl.String, "target_fraction": pl.Float64, "subset": pl.String,
-    "metric": pl.String, "k": pl.Int32, "value": pl.Float64, "baseline_model": pl.String,
-    "baseline_value": pl.Float64, "rel_gain": pl.Float64, "ci_low": pl.Float64, "ci_high": pl.Float64,
-    "n_users": pl.Int64,
+    "scenario": pl.String, "model": pl.String, "model_role": pl.String, "target_fraction": pl.Float64,
+    "subset": pl.String, "metric": pl.String, "k": pl.Int32, "value": pl.Float64, "baseline_model": pl.String,
+    "baseline_role": pl.String, "baseline_value": pl.Float64, "rel_gain": pl.Float64, "ci_low": pl.Float64,
+    "ci_high": pl.Float64, "n_users": pl.Int64,
 })
 KEY_COLUMNS = ["model", "target_fraction", "subset", "user_idx"]
+VALID_SPLIT, TEST_SPLIT = "valid", "test"  # per-user rows' `split`: valid rows only choose among baseline candidates
 METRIC_COLUMN = re.compile(r"^(?P<metric>.+)_at_(?P<k>\d+)$")
 # Index matrices are drawn in chunks of at most this many samples and this many cells, so memory
 # stays bounded (~32 MB per buffer) however many users or samples are asked for.
@@ -137,26 +141,33 @@ def metric_columns(per_user: pl.DataFrame) -> list[tuple[str, str, int]]:
     return sorted(found, key=lambda found_column: (found_column[1], found_column[2]))
 
 
-def transfer_gain_table(per_user: pl.DataFrame, scenario: str, baselines: list[str], n_samples: int = 1000,
-                        seed: int = 0) -> pl.DataFrame:
+def transfer_gain_table(per_user: pl.DataFrame, scenario: str, baselines: list[BaselineRole | str],
+                        n_samples: int = 1000, seed: int = 0, transfer_models: Collection[str] = ()) -> pl.DataFrame:
     """Tidy TRANSFER_GAIN_COLUMNS rows: each model's mean per metric against each baseline in its group.
 
-    Groups are (target_fraction, subset). Users pair by user_idx (inner join): `value` and
-    `baseline_value` are means over the paired users and `n_users` counts them. The baseline against
-    itself keeps its row (gain 0, CI [0, 0]) so its own value appears. In a group holding none of the
-    baselines, each model gets one row per metric with null baseline columns and `n_users` its own
-    user count; a model sharing no users with a baseline gets null gains and `n_users` 0.
-    `baselines[0]` is the primary (target-only) baseline. Every comparison uses the same
-    seed, so models are compared on common resamples.
+    Groups are (target_fraction, subset). Each baseline is a role (`baseline_role`) played by one of its
+    candidate models: with several, by the candidate with the best mean NDCG@10 (or the metric's largest K
+    under 10) on the target's validation users at that target fraction (per-user rows whose `split` is
+    valid); without validation rows, by the first candidate present. A plain name is a role of its own
+    name. Users pair by user_idx (inner join): `value` and `baseline_value` are means over the paired
+    users and `n_users` counts them. A baseline against itself keeps its row (gain 0, CI [0, 0]) so its
+    own value appears. In a group holding none of the baselines, each model gets one row per metric with
+    null baseline columns and `n_users` its own user count; a model sharing no users with a baseline gets
+    null gains and `n_users` 0. `baselines[0]` is the primary baseline. `model_role` is transfer for the
+    models in `transfer_models`, baseline otherwise. Every comparison uses the same seed, so models are
+    compared on common resamples.
     """
     missing = [name for name in KEY_COLUMNS if name not in per_user.columns]
     if missing:
         raise ValueError(f"per_user lacks columns {missing}; found columns {per_user.columns}")
     if not baselines:
         raise ValueError("baselines is empty: name at least the target-only model")
+    roles = [BaselineRole(b, (b,)) if isinstance(b, str) else b for b in baselines]
     columns = metric_columns(per_user)
     names = [name for name, _, _ in columns]
-    frame = per_user.select(KEY_COLUMNS + names).with_columns(
+    valid = per_user.filter(pl.col("split") == VALID_SPLIT) if "split" in per_user.columns else per_user.clear()
+    test = per_user.filter(pl.col("split") != VALID_SPLIT) if "split" in per_user.columns else per_user
+    frame = test.select(KEY_COLUMNS + names).with_columns(
         pl.col("target_fraction").cast(pl.Float64), pl.col(names).cast(pl.Float64))
     nulls = [name for name in KEY_COLUMNS + names if frame[name].null_count()]
     if nulls:
@@ -165,30 +176,57 @@ def transfer_gain_table(per_user: pl.DataFrame, scenario: str, baselines: list[s
     if duplicates.height:
         raise ValueError(f"per_user has {duplicates.height} rows sharing (model, target_fraction, subset, user_idx), "
                          f"so users cannot be paired; first: {duplicates.row(0, named=True)}")
+    selection = selection_metric(columns)
 
     rows: list[dict] = []
     for (fraction, subset), group in frame.partition_by("target_fraction", "subset", as_dict=True).items():
         by_model = {model: part.drop("model", "target_fraction", "subset").sort("user_idx")
                     for (model,), part in group.partition_by("model", as_dict=True).items()}
-        present = [name for name in baselines if name in by_model]
+        present = [(role.role, chosen) for role in roles
+                   if (chosen := best_candidate(role, by_model, valid, fraction, selection)) is not None]
         context = {"scenario": scenario, "target_fraction": fraction, "subset": subset}
         for model, users in by_model.items():
+            model_role = "transfer" if model in transfer_models else "baseline"
             if not present:
                 for (name, metric, k), mean in zip(columns, users.select(names).mean().row(0)):
-                    rows.append({**context, "model": model, "metric": metric, "k": k, "value": mean,
-                                 "n_users": users.height, "_rank": 0})
-            for rank, baseline in enumerate(present):
-                rows.extend({**context, "model": model, "metric": metric, "k": k, "baseline_model": baseline,
-                             **estimate, "_rank": rank}
+                    rows.append({**context, "model": model, "model_role": model_role, "metric": metric, "k": k,
+                                 "value": mean, "n_users": users.height, "_rank": 0})
+            for rank, (role, baseline) in enumerate(present):
+                rows.extend({**context, "model": model, "model_role": model_role, "metric": metric, "k": k,
+                             "baseline_model": baseline, "baseline_role": role, **estimate, "_rank": rank}
                             for (metric, k), estimate in _compare(
                                 users, by_model[baseline], columns, n_samples, seed,
                                 f"{baseline} (model {model}, target_fraction={fraction}, subset={subset})").items())
         if not present:
             logger.warning("no baseline of %s in target_fraction=%s subset=%s; rows carry null baselines",
-                           baselines, fraction, subset)
+                           [role.role for role in roles], fraction, subset)
     table = pl.DataFrame(rows, schema={**TRANSFER_GAIN_SCHEMA, "_rank": pl.Int64})
     return (table.sort("scenario", "target_fraction", "subset", "model", "metric", "k", "_rank")
             .select(TRANSFER_GAIN_COLUMNS))
+
+
+def selection_metric(columns: list[tuple[str, str, int]]) -> str:
+    """The per-user column that chooses among baseline candidates: NDCG@10, else NDCG at the largest K."""
+    ndcg = sorted(k for _, metric, k in columns if metric == "ndcg")
+    return "ndcg_at_10" if 10 in ndcg else f"ndcg_at_{ndcg[-1]}"
+
+
+def best_candidate(role: BaselineRole, by_model: dict[str, pl.DataFrame], valid: pl.DataFrame, fraction: float,
+                   metric: str) -> str | None:
+    """The candidate that plays `role` in a group: the best on target validation at `fraction`, else the first
+    present; None when no candidate is in the group."""
+    present = [name for name in role.candidates if name in by_model]
+    if len(present) <= 1:
+        return present[0] if present else None
+    scores = (valid.filter(pl.col("model").is_in(present) & (pl.col("target_fraction").cast(pl.Float64) == fraction))
+              .group_by("model").agg(pl.col(metric).mean()))
+    if scores.height < len(present):
+        logger.warning("no target validation rows for all of %s at target_fraction=%s; %s plays %s", present, fraction,
+                       present[0], role.role)
+        return present[0]
+    best = dict(zip(scores["model"], scores[metric]))
+    # Ties go to the earlier candidate in the config, not to whichever a sort happens to put first.
+    return max(present, key=lambda name: (best[name], -present.index(name)))
 
 
 def _compare(users: pl.DataFrame, baseline: pl.DataFrame, columns: list[tuple[str, str, int]], n_samples: int,
@@ -209,7 +247,7 @@ def _compare(users: pl.DataFrame, baseline: pl.DataFrame, columns: list[tuple[st
 
 
 def rows_against(table: pl.DataFrame, baseline: str | None = None) -> pl.DataFrame:
-    """One row per (scenario, fraction, subset, model, metric, k): the one against `baseline`.
+    """One row per (scenario, fraction, subset, model, metric, k): the one against `baseline` (a model or a role).
 
     `baseline` None takes the first row of each key, which in transfer_gain_table's order is the
     highest-priority baseline present in that group (the primary one where it exists). Rows without
@@ -217,7 +255,8 @@ def rows_against(table: pl.DataFrame, baseline: str | None = None) -> pl.DataFra
     """
     key = ["scenario", "target_fraction", "subset", "model", "metric", "k"]
     if baseline is not None:
-        table = table.filter((pl.col("baseline_model") == baseline) | pl.col("baseline_model").is_null())
+        table = table.filter((pl.col("baseline_model") == baseline) | (pl.col("baseline_role") == baseline)
+                             | pl.col("baseline_model").is_null())
     return table.unique(subset=key, keep="first", maintain_order=True)
 
 
@@ -283,7 +322,7 @@ def format_gain_table(table: pl.DataFrame, metric: str = "ndcg", k: int = 10, ba
         low, high = row["ci_low"], row["ci_high"]
         excludes_zero = low is not None and high is not None and (low > 0 or high < 0)
         lines.append(([row["scenario"]] if multi else []) + [
-            f"{row['target_fraction']:g}", row["subset"], row["model"], f"{row['value']:.4f}", row["baseline_model"] or "-",
+            f"{row['target_fraction']:g}", row["subset"], model_label(row), f"{row['value']:.4f}", row["baseline_model"] or "-",
             _number(row["baseline_value"], "{:.4f}"), _number(row["rel_gain"], "{:+.1%}", percent=True),
             "-" if low is None else f"[{_number(low, '{:+.1%}', True)}, {_number(high, '{:+.1%}', True)}]",
             "*" if excludes_zero else ""])
@@ -291,6 +330,20 @@ def format_gain_table(table: pl.DataFrame, metric: str = "ndcg", k: int = 10, ba
     text = [header, "  ".join(h.ljust(w) for h, w in zip(heads, widths)).rstrip()]
     text += ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines]
     return "\n".join(text)
+
+
+def format_gain_tables(table: pl.DataFrame, metric: str = "ndcg", k: int = 10) -> str:
+    """format_gain_table against each baseline role of the table in turn (the primary first)."""
+    if "baseline_role" not in table.columns:  # a table written before baseline roles existed
+        return format_gain_table(table, metric, k)
+    roles = table.filter(pl.col("baseline_role").is_not_null())["baseline_role"].unique(maintain_order=True).to_list()
+    return "\n\n".join(format_gain_table(table, metric, k, baseline=role) for role in roles) if roles \
+        else format_gain_table(table, metric, k)
+
+
+def model_label(row: dict) -> str:
+    """The model's name, marked "(transfer)" when the table says it is a transfer method."""
+    return f"{row['model']} (transfer)" if row.get("model_role") == "transfer" else row["model"]
 
 
 def _number(value: float | None, pattern: str, percent: bool = False) -> str:

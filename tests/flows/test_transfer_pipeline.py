@@ -66,6 +66,10 @@ def test_transfer_gain_csv_is_tidy_and_logged_with_its_plot(cross_group):
     table = pl.read_csv(result.run_dir / "transfer_gain.csv")
     assert table.columns == TRANSFER_GAIN_COLUMNS
     assert set(table["baseline_model"].drop_nulls()) == {"gru_target", "gru_pooled"}
+    roles = table.drop_nulls("baseline_model").select("baseline_model", "baseline_role").unique()
+    assert dict(roles.iter_rows()) == {"gru_target": "target_only", "gru_pooled": "pooled"}
+    model_roles = dict(table.select("model", "model_role").unique().iter_rows())
+    assert model_roles["gru_finetune"] == "transfer" and model_roles["gru_pooled"] == "baseline"
     assert set(table["metric"]) == {"precision", "recall", "f1", "ndcg", "hit", "mrr"}
     assert set(table["target_fraction"]) == {0.05, 1.0}
     metrics = pl.read_csv(result.run_dir / "metrics.csv")

@@ -94,11 +94,11 @@ def test_run_summary_links_a_tracking_server_to_its_own_ui():
 
 
 def test_run_summary_shows_the_transfer_gain_table_when_there_is_one():
-    gain = pl.DataFrame([("cross_group", "gru_finetune", 0.05, "all", "ndcg", 10, 0.3, "gru_target", 0.2, 0.5, 0.1,
-                          0.9, 100)], schema=TRANSFER_GAIN_COLUMNS, orient="row")
+    gain = pl.DataFrame([("cross_group", "gru_finetune", "transfer", 0.05, "all", "ndcg", 10, 0.3, "gru_target",
+                          "target_only", 0.2, 0.5, 0.1, 0.9, 100)], schema=TRANSFER_GAIN_COLUMNS, orient="row")
     text = summary(gain)
     assert "## Transfer gain" in text
-    assert "gru_finetune  0.3000  gru_target  0.2000    +50.0" in text
+    assert "gru_finetune (transfer)  0.3000  gru_target  0.2000    +50.0" in text
 
 
 def test_metrics_bar_chart_is_a_png_written_without_temporary_files(tmp_path):

@@ -31,7 +31,8 @@ MAX_SEQ_LEN = 8
 # Cross-domain kinds: items 1..15 are the source domain, 16..30 the target domain.
 ITEM_ROLE = np.array([0] + [SOURCE] * 15 + [TARGET] * 15, dtype=np.int8)
 SOURCE_ITEMS = set(np.flatnonzero(ITEM_ROLE == SOURCE).tolist())
-KINDS = ["popularity", "itemknn", "rnn", "cnn", "sasrec", "bert_transfer", "emcdr", "ptupcdr"]
+KINDS = ["popularity", "itemknn", "rnn", "cnn", "sasrec", "domain_sasrec", "hybrid", "bert_transfer", "emcdr",
+         "ptupcdr"]
 MAPPING_KINDS = {"emcdr", "ptupcdr"}
 EXTRACTOR = {"kind": "rnn", "embedding_dim": 8, "hidden_dim": 8, "max_seq_len": MAX_SEQ_LEN}
 
@@ -63,10 +64,19 @@ def small_model(kind: str):
         model = cls(n_items=N_ITEMS, extractor=EXTRACTOR, mapping_hidden=16)
         model.item_role.copy_(torch.as_tensor(ITEM_ROLE))  # as fit_views sets it
         return model.eval()
+    if kind == "hybrid":
+        model = build_model(kind, N_ITEMS, {"sequence": EXTRACTOR, "blend": 0.5})
+        model.knn.fit(random_data(seed=99, n_users=40))
+        return model.eval()
     options = {"embedding_dim": 8, "max_seq_len": MAX_SEQ_LEN}
     if kind == "rnn":
         options["hidden_dim"] = 8
-    return build_model(kind, N_ITEMS, options).eval()
+    model = build_model(kind, N_ITEMS, options).eval()
+    if kind == "domain_sasrec":
+        model.attach_item_domains(ITEM_ROLE)
+        for layer in model.domain_interest_maps:  # away from their zero start, so the domains differ
+            torch.nn.init.normal_(layer.weight, std=0.3)
+    return model
 
 
 @pytest.fixture(scope="module", params=KINDS)
@@ -131,7 +141,8 @@ def test_the_closed_form_equals_the_definition_from_score_all(model, seed):
 
 def test_each_kind_gets_its_closed_form():
     expected = {"popularity": NoEvidence, "itemknn": NeighbourEvidence, "rnn": InterestEvidence,
-                "cnn": InterestEvidence, "sasrec": InterestEvidence, "bert_transfer": InterestEvidence,
+                "cnn": InterestEvidence, "sasrec": InterestEvidence, "domain_sasrec": ScoreEvidence,
+                "hybrid": ScoreEvidence, "bert_transfer": InterestEvidence,
                 "emcdr": InterestEvidence, "ptupcdr": InterestEvidence}
     assert {kind: type(evidence_for(small_model(kind))) for kind in KINDS} == expected
 

@@ -65,7 +65,7 @@ def test_a_drawn_negative_equal_to_the_target_is_no_negative():
     loss = SampledSoftmax(NegativeSampler(only_the_target, negatives=5), target_frequency=None)
     with torch.no_grad():
         assert loss(model, interest, target).item() == pytest.approx(0.0)  # the target alone: log 1
-        bce = GeneralisedBCE(NegativeSampler(torch.ones(N_ITEMS), negatives=5), N_ITEMS, calibration=0.0)
+        bce = GeneralisedBCE(NegativeSampler(torch.ones(N_ITEMS), negatives=5), calibration=0.0)
         bce.sampler.draw = lambda device: torch.full((5,), 7)
         # Only the positive term is left: -log sigmoid(s_target).
         expected = -F.logsigmoid(model.target_scores(interest, target)).item()
@@ -74,7 +74,7 @@ def test_a_drawn_negative_equal_to_the_target_is_no_negative():
 
 @pytest.mark.parametrize(("t", "beta"), [(0.0, 1.0), (1.0, 4 / 28), (0.5, 0.5 * (4 / 28) + 0.5)])
 def test_gbce_beta_runs_from_plain_bce_at_t0_to_the_sampling_rate_at_t1(t, beta):
-    loss = GeneralisedBCE(NegativeSampler(torch.ones(N_ITEMS), negatives=4), N_ITEMS, calibration=t)
+    loss = GeneralisedBCE(NegativeSampler(torch.ones(N_ITEMS), negatives=4), calibration=t)
     assert loss.beta == pytest.approx(beta)  # alpha = 4 negatives / 28 items other than the target
 
 
@@ -82,7 +82,7 @@ def test_gbce_matches_its_formula_on_fixed_negatives():
     model = gru()
     interest, targets = positions(model, count=3)
     negatives = torch.tensor([2, 9, 14, 20])
-    loss = GeneralisedBCE(NegativeSampler(torch.ones(N_ITEMS), negatives=4), N_ITEMS, calibration=0.75)
+    loss = GeneralisedBCE(NegativeSampler(torch.ones(N_ITEMS), negatives=4), calibration=0.75)
     loss.sampler.draw = lambda device: negatives
     scores = model.item_scores(interest)
     hit = negatives.unsqueeze(0) == targets.unsqueeze(1)
@@ -160,3 +160,36 @@ def test_gbce_loss_falls_when_overfitting_one_batch():
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+DOMAIN = np.arange(N_ITEMS) % 2 == 1  # odd items: one domain's candidates (padding never)
+
+
+@pytest.mark.parametrize("in_batch", [False, True])
+def test_a_loss_restricted_to_candidates_tends_to_the_softmax_over_them_only(in_batch):
+    model = gru()
+    interest, _ = positions(model)
+    targets = torch.tensor([1, 3, 5, 7, 9, 11])  # all among the candidates
+    train = TrainConfig(loss="sampled", negatives=400_000, negative_sampler="popularity", in_batch_negatives=in_batch)
+    sampled = build_loss(train, [np.arange(1, N_ITEMS)], N_ITEMS, candidates=DOMAIN)
+    full = build_loss(TrainConfig(loss="full"), [np.arange(1, N_ITEMS)], N_ITEMS, candidates=DOMAIN)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        scores = model.item_scores(interest)
+        expected = F.cross_entropy(scores[:, DOMAIN], torch.as_tensor(np.searchsorted(np.flatnonzero(DOMAIN), targets)))
+        assert full(model, interest, targets).item() == pytest.approx(expected.item(), rel=1e-5)
+        assert sampled(model, interest, targets).item() == pytest.approx(expected.item(), rel=0.005)
+
+
+@pytest.mark.parametrize("sampler", ["uniform", "popularity"])
+def test_negatives_are_drawn_from_the_candidates_only(sampler):
+    loss = build_loss(TrainConfig(loss="sampled", negatives=5000, negative_sampler=sampler),
+                      [np.arange(1, N_ITEMS)], N_ITEMS, candidates=DOMAIN)
+    drawn = loss.sampler.draw(torch.device("cpu"))
+    assert DOMAIN[drawn.numpy()].all()
+    assert set(drawn.tolist()) == set(np.flatnonzero(DOMAIN).tolist())  # and every candidate can be drawn
+
+
+def test_a_loss_without_any_candidate_is_refused():
+    with pytest.raises(ValueError, match="candidate items are empty"):
+        build_loss(TrainConfig(loss="sampled"), [np.arange(1, N_ITEMS)], N_ITEMS, candidates=np.zeros(N_ITEMS, bool))

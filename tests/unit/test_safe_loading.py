@@ -18,7 +18,7 @@ from tasks.event_store import store_dir
 from tasks.io import TableRef, inside
 from tasks.preprocessing import PreparedData
 from tasks.runs import open_run_folder
-from tasks.training import pretrain_on_source, train_recommender
+from tasks.training import pretrain, train_recommender
 
 ROOT = Path(__file__).resolve().parents[2]
 AUDITED = ("conf", "tasks", "models", "flows", "benchmarks")
@@ -62,7 +62,7 @@ def test_pretrained_weights_load_without_running_code(tmp_path):
                                                                     "seconds": 0.0}))
     model = build_model("rnn", 11, {"embedding_dim": 4, "hidden_dim": 4})
     with pytest.raises(Exception, match="[Ww]eights only load failed"):
-        pretrain_on_source(model, None, TrainConfig(), 0, [], tmp_path / "pretrain")
+        pretrain(model, None, TrainConfig(), 0, [], tmp_path / "pretrain")
     assert not evidence.exists()
 
 

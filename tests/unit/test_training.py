@@ -27,3 +27,13 @@ def test_a_model_may_set_its_own_training_budget_and_the_others_keep_trains():
     assert model_training(gru, config).max_minutes == 2
     assert model_training(caser, config).max_minutes == 5
     assert model_training(gru, config).model_copy(update={"max_minutes": 5}) == config.train  # nothing else changes
+
+
+def test_a_model_may_set_its_own_l2sp_and_it_never_reaches_the_constructor():
+    from tasks.training import model_options
+
+    config = load_config(preset_path("experiments/tiny.yaml"), [
+        "models=[{kind: sasrec, name: anchored, l2sp: 0.5}, {kind: rnn, name: plain}]", "train.l2sp=0.1"])
+    anchored, plain = config.model_plan()
+    assert model_training(anchored, config).l2sp == 0.5 and model_training(plain, config).l2sp == 0.1
+    assert "l2sp" not in model_options(anchored, config, None) and "max_minutes" not in model_options(plain, config, None)

@@ -165,3 +165,51 @@ def test_a_fraction_sweep_pre_trains_once_and_fine_tunes_from_the_same_weights(t
         assert len(calls) == (2 if fraction == 0.3 else 1)  # the second sweep step loads, does not re-fit
         assert summary.epochs >= 2
     assert all(torch.equal(starts[0][k], starts[1][k]) for k in starts[0])
+
+
+def test_the_l2sp_penalty_is_half_the_strength_times_the_squared_distance_and_pulls_back():
+    torch.manual_seed(0)
+    model = GRURecommender(41, embedding_dim=4, hidden_dim=4, max_seq_len=10)
+    model.anchor_weights(2.0)
+    assert model.anchor_penalty().item() == 0.0
+    with torch.no_grad():
+        model.output.bias.add_(0.5)  # 41 weights moved by 0.5
+    penalty = model.anchor_penalty()
+    assert penalty.item() == pytest.approx(0.5 * 2.0 * 41 * 0.25)
+    penalty.backward()
+    assert torch.allclose(model.output.bias.grad, torch.full((41,), 1.0))  # strength · distance, towards the anchor
+
+
+def fit_with_regime(tmp_path, regime: str, l2sp: float) -> tuple[list[int], dict, dict]:
+    """(training users of each stage, weights after the first stage, final weights) of one fit_regime call."""
+    data, item_role = mixed_domains()
+    views = user_group_views(data, np.where(np.arange(60) % 3 == 0, TARGET, SOURCE).astype(np.int8), 0.5, seed=0)
+    torch.manual_seed(0)
+    model = GRURecommender(41, embedding_dim=8, hidden_dim=8, max_seq_len=10, learning_rate=0.05)
+    stages, first_stage = [], {}
+    original_fit = model.fit
+
+    def recording_fit(view, *args, **kwargs):
+        stages.append(len(users_in(view)))
+        summary = original_fit(view, *args, **kwargs)
+        if len(stages) == 1:
+            first_stage.update({k: v.clone() for k, v in model.state_dict().items()})
+        return summary
+
+    model.fit = recording_fit
+    fit_regime(model, regime, None, views, TRAIN.model_copy(update={"l2sp": l2sp, "max_epochs": 4}), seed=0,
+               loggers=[], checkpoint_dir=tmp_path)
+    expected = [len(users_in(views.pooled)), len(users_in(views.target))]
+    assert stages == expected, "pooled_then_target pre-trains on the pooled view, then fine-tunes on the target"
+    return stages, first_stage, {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_pooled_then_target_fine_tunes_and_l2sp_keeps_the_weights_near_the_pretrained_ones(tmp_path):
+    _, start, plain = fit_with_regime(tmp_path / "plain", "pooled_then_target", l2sp=0.0)
+    _, anchored_start, anchored = fit_with_regime(tmp_path / "anchored", "pooled_then_target", l2sp=50.0)
+    assert all(torch.equal(start[k], anchored_start[k]) for k in start)  # the same first stage
+
+    def moved(weights: dict) -> float:
+        return sum(float(((weights[k].float() - start[k].float()) ** 2).sum()) for k in start)
+
+    assert 0 < moved(anchored) < 0.5 * moved(plain)

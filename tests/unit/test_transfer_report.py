@@ -1,18 +1,24 @@
 """Paired bootstrap gains, the transfer gain table, and its plot and text rendering."""
+from pathlib import Path
+
 import numpy as np
 import polars as pl
 import pytest
 
+from conf.loading import load_config
+from conf.schema import BaselineRole
 from models.metrics import METRIC_NAMES
 from tasks.transfer_report import (
     TRANSFER_GAIN_COLUMNS,
     TRANSFER_GAIN_SCHEMA,
     format_gain_table,
+    format_gain_tables,
     paired_bootstrap_gain,
     plot_gain,
     transfer_gain_table,
 )
 
+ROOT = Path(__file__).resolve().parents[2]
 KS = (10, 20)
 METRIC_COLUMNS = [f"{metric}_at_{k}" for metric in METRIC_NAMES for k in KS]
 
@@ -206,6 +212,60 @@ def test_missing_key_columns_are_named(per_user):
 def test_duplicate_users_are_rejected(per_user):
     with pytest.raises(ValueError, match="cannot be paired"):
         transfer_gain_table(pl.concat([per_user, per_user.head(1)]), "s", ["target_only"])
+
+
+def with_split(frame: pl.DataFrame, split: str) -> pl.DataFrame:
+    return frame.with_columns(pl.lit(split).alias("split"))
+
+
+def pooled_contest() -> pl.DataFrame:
+    """Two pooled candidates whose validation and test disagree, in opposite ways at the two fractions."""
+    test = make_per_user({(0.05, "all"): {"target_only": 1.0, "gru_pooled": 1.2, "sasrec_pooled": 1.5, "dsr": 1.6},
+                          (1.0, "all"): {"target_only": 1.0, "gru_pooled": 1.5, "sasrec_pooled": 1.2, "dsr": 1.6}})
+    valid = make_per_user({(0.05, "all"): {"gru_pooled": 1.4, "sasrec_pooled": 1.0},
+                           (1.0, "all"): {"gru_pooled": 1.0, "sasrec_pooled": 1.4}}, seed=1)
+    return pl.concat([with_split(test, "test"), with_split(valid, "valid")])
+
+
+def test_the_pooled_baseline_is_the_best_candidate_on_target_validation_per_fraction_never_on_test():
+    roles = [BaselineRole("target_only", ("target_only",)), BaselineRole("pooled", ("gru_pooled", "sasrec_pooled"))]
+    table = transfer_gain_table(pooled_contest(), "s", roles, n_samples=100, transfer_models={"dsr"})
+    rows = table.filter((pl.col("model") == "dsr") & (pl.col("metric") == "ndcg") & (pl.col("k") == 10))
+    chosen = {(r["target_fraction"], r["baseline_role"]): r["baseline_model"] for r in rows.iter_rows(named=True)}
+    # Validation picks gru at 5% and sasrec at 100%, although test would have picked the other one each time.
+    assert chosen == {(0.05, "target_only"): "target_only", (0.05, "pooled"): "gru_pooled",
+                      (1.0, "target_only"): "target_only", (1.0, "pooled"): "sasrec_pooled"}
+    assert set(table["subset"]) == {"all"}  # validation rows choose; they are never reported
+    assert set(zip(table["model"], table["model_role"])) == {
+        ("dsr", "transfer"), ("target_only", "baseline"), ("gru_pooled", "baseline"), ("sasrec_pooled", "baseline")}
+
+
+def test_without_validation_rows_the_first_candidate_present_plays_the_role():
+    test = with_split(pooled_contest().filter(pl.col("split") == "test"), "test")
+    table = transfer_gain_table(test, "s", [BaselineRole("pooled", ("absent", "sasrec_pooled", "gru_pooled"))],
+                                n_samples=100)
+    assert set(table["baseline_model"]) == {"sasrec_pooled"}
+
+
+def test_format_gain_tables_prints_one_table_per_baseline_role():
+    roles = [BaselineRole("target_only", ("target_only",)), BaselineRole("pooled", ("gru_pooled", "sasrec_pooled"))]
+    text = format_gain_tables(transfer_gain_table(pooled_contest(), "s", roles, n_samples=100, transfer_models={"dsr"}))
+    assert "relative to target_only" in text and "relative to pooled" in text
+    assert "dsr (transfer)" in text
+
+
+def test_the_config_names_each_baseline_role_and_its_candidates():
+    config = load_config(ROOT / "conf" / "ml1m_transfer.yaml")
+    roles = {role.role: role.candidates for role in config.transfer_baselines()}
+    assert roles["target_only"] == ("gru_target",)
+    assert roles["pooled"] == ("gru_pooled",)  # the preset names its pooled baseline
+    assert roles["itemknn"] == ("itemknn",)
+    assert [role.role for role in config.transfer_baselines()] == ["target_only", "pooled", "itemknn"]
+    # Without a named one, every pooled model that is not a transfer method competes for the pooled role.
+    unnamed = config.model_copy(update={"transfer": config.transfer.model_copy(update={"pooled_baseline": None})})
+    contest = {role.role: role.candidates for role in unnamed.transfer_baselines()}["pooled"]
+    assert {"gru_pooled", "itemknn", "pop_all"} <= set(contest)
+    assert not set(contest) & set(config.transfer_methods())  # a transfer method is never a baseline
 
 
 # plot_gain and format_gain_table -----------------------------------------------------------------

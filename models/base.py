@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import pickle  # only for its error type: checkpoints are read with weights_only
+import tempfile
 import time
 import warnings
 import zipfile
@@ -321,8 +322,12 @@ class SequentialRecommender(pl.LightningModule):
 
         With a checkpoint_dir the fit survives being killed: called again for the same fit (same
         model, starting weights, data, settings and seed), it resumes from the `last.ckpt` of the
-        interrupted one, or returns the finished one's result without training again.
+        interrupted one, or returns the finished one's result without training again. Without one the
+        checkpoints go to a temporary folder, removed after the fit (never the working directory).
         """
+        if checkpoint_dir is None:
+            with tempfile.TemporaryDirectory(prefix="itx-fit-") as folder:
+                return self.fit(data, train, seed, loggers, Path(folder))
         started = time.perf_counter()
         pl.seed_everything(seed, workers=True)
         self.lr_decay = (train.lr_decay_factor, train.lr_decay_patience) if train.lr_decay_factor else None

@@ -35,11 +35,13 @@ def test_standardised_rows_have_mean_zero_and_unit_spread_and_keep_minus_infinit
     assert torch.equal(z[1, [1, 3]], torch.zeros(2))  # a constant row: no division by zero
 
 
-def test_the_blend_is_the_best_weight_on_validation_and_scores_are_that_blend():
+def test_the_blend_is_the_best_weight_on_validation_and_scores_are_that_blend(tmp_path, monkeypatch):
     data = clustered_data()
     torch.manual_seed(0)
     model = build_model("hybrid", N_ITEMS, {"sequence": SEQUENCE})
+    monkeypatch.chdir(tmp_path)
     summary = model.fit(data, TrainConfig(max_epochs=1, progress_bar=False, accelerator="cpu"), seed=0)
+    assert list(tmp_path.iterdir()) == []  # a fit without checkpoint_dir leaves nothing in the working directory
     assert set(model.blend_scores) == set(BLEND_GRID)
     assert model.blend_scores[model.blend] == max(model.blend_scores.values())
     assert summary.best_valid_ndcg == model.blend_scores[model.blend]

@@ -394,6 +394,15 @@ class HybridConfig(NeuralModelSection):
         SASRecConfig()
     neighbours: int = Field(100, ge=1, description="ItemKNN's most similar items kept per item.")
 
+    @field_validator("train_on")
+    @classmethod
+    def _not_fine_tuned(cls, value: str) -> str:
+        # Its ItemKNN part has no weights to pre-train and fine-tune; fine-tune its sequence model on its own.
+        if value in FINETUNE_REGIMES:
+            raise ValueError(f"hybrid cannot train_on {value!r} (its ItemKNN part is not fine-tuned); use pooled, "
+                             "target, source or joint")
+        return value
+
 
 class MappingConfig(Section):
     """Cold-start mapping (cross-domain): a user's source interest mapped into the target (EMCDR, PTUPCDR).

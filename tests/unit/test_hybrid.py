@@ -79,3 +79,9 @@ def test_the_config_takes_a_hybrid_of_any_sequence_kind_and_counts_it_as_a_trans
         "models": [{"kind": "hybrid", "name": "blend", "sequence": {"kind": "domain_sasrec", "tie_output": True}}]})
     assert config.models[0].sequence.kind == "domain_sasrec"
     assert config.transfer_methods() == ["blend"]
+
+
+def test_a_fine_tuning_regime_is_refused_for_a_hybrid_with_the_setting_named():
+    with pytest.raises(ValueError, match="hybrid cannot train_on 'source_then_target'"):
+        PipelineConfig.model_validate({"scenario": {"name": "cross_group"},
+                                       "models": [{"kind": "hybrid", "train_on": "source_then_target"}]})

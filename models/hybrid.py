@@ -15,6 +15,7 @@ sequence model early), after both parts are fitted. The sequence model is any ne
 """
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,8 +39,12 @@ SEQUENCE_MODELS: dict[str, type[SequentialRecommender]] = {
     "rnn": GRURecommender, "cnn": CaserRecommender, "sasrec": SASRecRecommender,
     "domain_sasrec": DomainSASRecRecommender,
 }
-BLEND_GRID = tuple(round(w, 2) for w in np.linspace(0.0, 1.0, 11))  # 0: the sequence model alone, 1: ItemKNN alone
+# 0: the sequence model alone, 1: ItemKNN alone. Python floats: the chosen weight is saved with the model, and
+# torch.load(weights_only=True) refuses numpy scalars.
+BLEND_GRID = tuple(float(round(w, 2)) for w in np.linspace(0.0, 1.0, 11))
 EVAL_BATCH = 512
+
+log = logging.getLogger(__name__)
 
 
 def standardised(scores: Tensor) -> Tensor:
@@ -105,6 +110,9 @@ class HybridRecommender:
         else:  # no validation users: nothing to choose on, so the sequence model alone
             self.blend = 0.0
         best = self.blend_scores.get(self.blend)
+        if self.blend_scores:  # the whole curve: its ends are each part alone, so it shows what blending adds
+            log.info("hybrid blend %.1f chosen; validation NDCG@10 by ItemKNN weight: %s", self.blend,
+                     ", ".join(f"{w:.1f}: {v:.4f}" for w, v in self.blend_scores.items()))
         return FitSummary(sequence.epochs, best if best is not None else sequence.best_valid_ndcg,
                           time.perf_counter() - started, sequence.stopped_by)
 
@@ -134,7 +142,7 @@ class HybridRecommender:
         state = {f"sequence.{k}": v.cpu() for k, v in self.sequence.state_dict().items()}
         state |= {"knn.neighbour_items": self.knn.neighbour_items.cpu(), "knn.neighbour_values": self.knn.neighbour_values.cpu()}
         save_payload(path, self.kind, {"n_items": self.n_items, "sequence": dict(self.sequence_options),
-                                       "neighbours": self.neighbours, "blend": self.blend}, state)
+                                       "neighbours": self.neighbours, "blend": float(self.blend)}, state)
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         """Restore both parts written by `save`."""

@@ -52,6 +52,9 @@ def test_the_blend_is_the_best_weight_on_validation_and_scores_are_that_blend(tm
         expected = model.blended(model.sequence.score_all(history).float(), model.knn.score_all(history), model.blend)
         expected[:, 0] = float("-inf")
         assert torch.equal(model.score_all(history), expected)
+    # The weight a fit chose is saved and loads back (a numpy scalar once broke torch.load(weights_only=True)).
+    model.save(tmp_path / "model.pt")
+    assert load_model(tmp_path / "model.pt").blend == model.blend
 
 
 def test_a_saved_hybrid_loads_with_identical_scores(tmp_path):

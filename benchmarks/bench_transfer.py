@@ -7,7 +7,7 @@ cost columns added. Protocol: the preset's (split, candidates, negatives); see i
 
   .venv/bin/python benchmarks/bench_transfer.py --config conf/ml1m_transfer.yaml [--minutes 2]
                                                 [--models gru_target,gru_finetune] [--seeds 42,43,44]
-                                                [--set key=value ...] [--csv out.csv]
+                                                [--set key=value ...] [--csv out.csv] [--cache DIR]
 
 Every model is compared with each baseline of `transfer.compare_to` (target-only, the best pooled
 model on target validation, ItemKNN). With several seeds, each seed's tables are printed, then per
@@ -17,6 +17,7 @@ lies above zero, and the gain's CI over the users of all seeds pooled (each user
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
@@ -40,6 +41,9 @@ def main() -> None:
                                                     "each seed redraws the split's samples and the models' weights")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--csv", help="also write the table here (every seed's rows, with a seed column)")
+    parser.add_argument("--cache", help="keep the prepared data and trained models here (default: a temporary "
+                                        "folder): a rerun with the same settings reuses every model trained before (its train "
+                                        "seconds are then the reuse's, not a training's)")
     args = parser.parse_args()
 
     import flows  # noqa: F401
@@ -57,7 +61,7 @@ def main() -> None:
     tables, per_user = [], []
     for index, seed in enumerate(seeds):
         config = training_settings(load_config(args.config, [*overrides, f"seed={seed}"]))
-        frame, table, cost = run_one_seed(config, args.models)
+        frame, table, cost = run_one_seed(config, args.models, args.cache)
         print_seed_tables(config, table, cost)
         tables.append(table.join(cost, on=["model", "target_fraction"], how="left").with_columns(pl.lit(seed).alias("seed")))
         # Users of different seeds are different samples: offset their ids so that pooling never pairs across seeds.
@@ -73,7 +77,7 @@ def main() -> None:
         everything.write_csv(args.csv)
 
 
-def run_one_seed(config, models: str):
+def run_one_seed(config, models: str, cache_dir: str | None = None):
     """(per-user metrics, transfer_gain table, cost table) of every planned model of `config`, trained with its seed."""
     import polars as pl
 
@@ -85,7 +89,8 @@ def run_one_seed(config, models: str):
 
     wanted = set(models.split(",")) if models else {m.name for m in config.models}
     costs, frames = [], []
-    with tempfile.TemporaryDirectory(prefix="itx-transfer-") as folder:
+    kept = contextlib.nullcontext(cache_dir) if cache_dir else tempfile.TemporaryDirectory(prefix="itx-transfer-")
+    with kept as folder:
         cache = Path(folder)
         raw = ingest_dataset(config.data, config.seed, cache, config.privacy)
         prepared = prepare_data(raw, config.preprocess, config.split, config.scenario,

@@ -264,8 +264,12 @@ class SequentialRecommender(pl.LightningModule):
         distance = sum(((weights[name] - value.to(weights[name].device)) ** 2).sum() for name, value in anchored.items())
         return 0.5 * strength * distance
 
+    def validation_scores(self, batch: EvalBatch) -> Tensor:
+        """[B, n_items] the scores validation ranks: every item but padding (and seen items, if removed)."""
+        return rankable_scores(self, batch, self.exclude_seen)
+
     def validation_step(self, batch: EvalBatch, batch_index: int) -> None:
-        scores = rankable_scores(self, batch, self.exclude_seen)
+        scores = self.validation_scores(batch)
         relevant = batch.mask(batch.target_rows, batch.target_items, self.n_items)
         ndcg = ndcg_at_k(scores, relevant, k=10)
         self.log(VALID_METRIC, ndcg.mean(), on_epoch=True, prog_bar=True, batch_size=len(ndcg))

@@ -33,6 +33,8 @@ from torch import Tensor, nn
 
 from conf.schema import TrainConfig
 from models.attention import SASRecRecommender
+from models.base import rankable_scores
+from models.data import EvalBatch
 from models.losses import NextItemLoss, build_loss
 
 N_DOMAINS = 3  # role codes of models.transfer_data: OTHER (and padding), SOURCE, TARGET
@@ -49,6 +51,14 @@ def next_in_domain(targets: Tensor, in_domain: Tensor) -> Tensor:
     found_at = torch.where(in_domain, index, length)  # [B, T]; length: not here
     first_from = found_at.flip(1).cummin(dim=1).values.flip(1)  # [B, T] first flagged index >= t
     return nn.functional.pad(targets, (0, 1)).gather(1, first_from)
+
+
+def within_target_domain(scores: Tensor, batch: EvalBatch, item_domain: Tensor) -> Tensor:
+    """`scores` with the items outside the domain of each row's target item set to -inf (rows without one kept)."""
+    row_domain = torch.full((scores.shape[0],), -1, dtype=torch.long, device=scores.device)
+    row_domain[batch.target_rows] = item_domain[batch.target_items]
+    outside = (item_domain.unsqueeze(0) != row_domain.unsqueeze(1)) & (row_domain >= 0).unsqueeze(1)
+    return scores.masked_fill(outside, float("-inf"))
 
 
 class DomainSASRecRecommender(SASRecRecommender):
@@ -105,6 +115,15 @@ class DomainSASRecRecommender(SASRecRecommender):
             if len(items):
                 scores[:, items] = self.candidate_scores(self.domain_interest(interest, domain), items).to(scores.dtype)
         return scores
+
+    def validation_scores(self, batch: EvalBatch) -> Tensor:
+        """Scores ranked within the domain of each user's target item.
+
+        Each domain's items are scored with that domain's own interest, so scores of different domains are
+        on separate scales and a ranking across domains measures nothing the cross-domain protocols ask
+        (they rank among the target's domain): early stopping and the hybrid's blend look at that ranking.
+        """
+        return within_target_domain(rankable_scores(self, batch, self.exclude_seen), batch, self.item_domain)
 
     def configure_loss(self, train: TrainConfig, sequences: list) -> None:
         """One loss per domain with items, each ranking among its own domain's items only."""

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conf.schema import PipelineConfig, TrainConfig
-from models.data import NextItemWindows
+from models.data import EvalBatch, NextItemWindows
 from models.domain_attention import DomainSASRecRecommender, next_in_domain
 from models.registry import build_model, load_model
 from models.transfer_data import OTHER, SOURCE, TARGET
@@ -48,6 +48,21 @@ def test_each_item_is_scored_with_its_own_domains_interest():
             torch.testing.assert_close(scores[:, items], expected)
     assert torch.isneginf(scores[:, 0]).all() and torch.isfinite(scores[:, 1:]).all()
     assert not torch.allclose(model.domain_interest(interest, SOURCE), model.domain_interest(interest, TARGET))
+
+
+def test_validation_ranks_each_user_among_the_domain_of_their_target_item():
+    model = domain_model().eval()
+    empty = torch.zeros(0, dtype=torch.long)
+    # Row 0's target is a target-domain item, row 1's a source item, row 2 has none (kept as scored).
+    batch = EvalBatch(history=torch.tensor([[0, 3, 12], [1, 2, 3], [4, 5, 6]]), seen_rows=empty, seen_items=empty,
+                      target_rows=torch.tensor([0, 1]), target_items=torch.tensor([15, 4]), users=torch.arange(3))
+    with torch.no_grad():
+        scores, everything = model.validation_scores(batch), model.score_all(batch.history)
+    target_items, source_items = model.domain_items(TARGET), model.domain_items(SOURCE)
+    assert torch.equal(scores[0, target_items], everything[0, target_items])
+    assert torch.isneginf(scores[0, source_items]).all() and torch.isneginf(scores[1, target_items]).all()
+    assert torch.equal(scores[1, source_items], everything[1, source_items])
+    assert torch.equal(scores[2, 1:], everything[2, 1:]) and torch.isneginf(scores[:, 0]).all()
 
 
 def test_the_item_domain_enters_the_interest():

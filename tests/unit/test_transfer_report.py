@@ -258,14 +258,14 @@ def test_the_config_names_each_baseline_role_and_its_candidates():
     config = load_config(ROOT / "conf" / "ml1m_transfer.yaml")
     roles = {role.role: role.candidates for role in config.transfer_baselines()}
     assert roles["target_only"] == ("gru_target",)
-    assert roles["pooled"] == ("gru_pooled",)  # the preset names its pooled baseline
+    # No named pooled baseline: every pooled model that is not a transfer method competes, of any kind.
+    assert set(roles["pooled"]) == {"itemknn", "gru_pooled", "sasrec_pooled"}
     assert roles["itemknn"] == ("itemknn",)
     assert [role.role for role in config.transfer_baselines()] == ["target_only", "pooled", "itemknn"]
-    # Without a named one, every pooled model that is not a transfer method competes for the pooled role.
-    unnamed = config.model_copy(update={"transfer": config.transfer.model_copy(update={"pooled_baseline": None})})
-    contest = {role.role: role.candidates for role in unnamed.transfer_baselines()}["pooled"]
-    assert {"gru_pooled", "itemknn", "pop_all"} <= set(contest)
-    assert not set(contest) & set(config.transfer_methods())  # a transfer method is never a baseline
+    assert not set(roles["pooled"]) & set(config.transfer_methods())  # a transfer method is never a baseline
+    # A named one fixes the role instead of the contest.
+    named = config.model_copy(update={"transfer": config.transfer.model_copy(update={"pooled_baseline": "gru_pooled"})})
+    assert {role.role: role.candidates for role in named.transfer_baselines()}["pooled"] == ("gru_pooled",)
 
 
 # plot_gain and format_gain_table -----------------------------------------------------------------

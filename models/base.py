@@ -264,9 +264,14 @@ class SequentialRecommender(pl.LightningModule):
         distance = sum(((weights[name] - value.to(weights[name].device)) ** 2).sum() for name, value in anchored.items())
         return 0.5 * strength * distance
 
+    def validation_ranking(self, scores: Tensor, batch: EvalBatch) -> Tensor:
+        """`scores` narrowed to the candidates validation ranks among: every item here; a model whose scores
+        are only comparable within a part of the catalogue narrows them (a hybrid over it asks it too)."""
+        return scores
+
     def validation_scores(self, batch: EvalBatch) -> Tensor:
         """[B, n_items] the scores validation ranks: every item but padding (and seen items, if removed)."""
-        return rankable_scores(self, batch, self.exclude_seen)
+        return self.validation_ranking(rankable_scores(self, batch, self.exclude_seen), batch)
 
     def validation_step(self, batch: EvalBatch, batch_index: int) -> None:
         scores = self.validation_scores(batch)

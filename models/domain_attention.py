@@ -33,7 +33,6 @@ from torch import Tensor, nn
 
 from conf.schema import TrainConfig
 from models.attention import SASRecRecommender
-from models.base import rankable_scores
 from models.data import EvalBatch
 from models.losses import NextItemLoss, build_loss
 
@@ -116,14 +115,14 @@ class DomainSASRecRecommender(SASRecRecommender):
                 scores[:, items] = self.candidate_scores(self.domain_interest(interest, domain), items).to(scores.dtype)
         return scores
 
-    def validation_scores(self, batch: EvalBatch) -> Tensor:
+    def validation_ranking(self, scores: Tensor, batch: EvalBatch) -> Tensor:
         """Scores ranked within the domain of each user's target item.
 
         Each domain's items are scored with that domain's own interest, so scores of different domains are
         on separate scales and a ranking across domains measures nothing the cross-domain protocols ask
         (they rank among the target's domain): early stopping and the hybrid's blend look at that ranking.
         """
-        return within_target_domain(rankable_scores(self, batch, self.exclude_seen), batch, self.item_domain)
+        return within_target_domain(scores, batch, self.item_domain)
 
     def configure_loss(self, train: TrainConfig, sequences: list) -> None:
         """One loss per domain with items, each ranking among its own domain's items only."""

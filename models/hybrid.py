@@ -30,7 +30,7 @@ from conf.schema import TrainConfig
 from models.attention import SASRecRecommender
 from models.base import FitSummary, SequentialRecommender, save_payload
 from models.data import SequenceData, split_loader
-from models.domain_attention import DomainSASRecRecommender, within_target_domain
+from models.domain_attention import DomainSASRecRecommender
 from models.extractors import CaserRecommender, GRURecommender
 from models.itemknn import ItemKNNRecommender
 from models.metrics import ndcg_at_k
@@ -131,8 +131,7 @@ class HybridRecommender:
                     scores[:, 0] = float("-inf")
                     if seen is not None:
                         scores[seen] = float("-inf")
-                    if isinstance(self.sequence, DomainSASRecRecommender):  # ranked as it validates (its docstring)
-                        scores = within_target_domain(scores, batch, self.sequence.item_domain)
+                    scores = self.sequence.validation_ranking(scores, batch)  # ranked as its sequence model validates
                     totals[blend] += float(ndcg_at_k(scores, relevant, k=10).sum())
                 users += batch.history.shape[0]
         return {w: total / users for w, total in totals.items()} if users else {}

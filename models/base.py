@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 
 # Training curves get their own namespace so they never mix with the final evaluation metrics.
 VALID_METRIC = "curve/valid_ndcg_at_10"
-TRAIN_LOSS = "curve/train_loss"
+TRAIN_LOSS = "curve/train_loss"  # per epoch; per step under TRAIN_LOSS_STEP
+TRAIN_LOSS_STEP = "curve/train_loss_step"
 
 
 @dataclass(frozen=True)
@@ -235,7 +236,10 @@ class SequentialRecommender(pl.LightningModule):
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_index: int) -> Tensor:
         loss, positions = self.next_item_training_loss(batch)
-        self.log(TRAIN_LOSS, loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=max(positions, 1))
+        # Two calls, not on_step=on_epoch=True: Lightning would rename both to ..._step/..._epoch and
+        # the documented name would not exist.
+        self.log(TRAIN_LOSS_STEP, loss, on_step=True, on_epoch=False, batch_size=max(positions, 1))
+        self.log(TRAIN_LOSS, loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=max(positions, 1))
         if self.anchor is not None:
             loss = loss + self.anchor_penalty()
         return loss

@@ -204,14 +204,14 @@ def metric_key(row: dict) -> str:
     return f"{row['split']}/{group}{row['metric']}_at_{row['k']}"
 
 
-@task(name="evaluate", cache_policy=INPUTS + TASK_SOURCE, persist_result=True)
+@task(name="evaluate", task_run_name="evaluate-{trained.name}", cache_policy=INPUTS + TASK_SOURCE, persist_result=True)
 def evaluate(prepared: PreparedData, trained: TrainedModel, cfg: EvaluationConfig, scenario: str,
              max_seq_len: int, cache: CacheDir) -> TableRef:
     """Prefect task: evaluate one trained model."""
     return evaluate_trained(prepared, trained, cfg, scenario, max_seq_len, cache.path)
 
 
-@task(name="score-transfer-users", cache_policy=INPUTS + TASK_SOURCE, persist_result=True)
+@task(name="score-transfer-users", task_run_name="score-transfer-users-{trained.name}", cache_policy=INPUTS + TASK_SOURCE, persist_result=True)
 def score_transfer_users(prepared: PreparedData, trained: TrainedModel, scenario: ScenarioConfig,
                          transfer: TransferConfig, cfg: EvaluationConfig, max_seq_len: int, seed: int) -> pl.DataFrame:
     """Prefect task: per-user test metrics of one model on the report's subsets."""

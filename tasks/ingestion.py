@@ -85,6 +85,23 @@ def validate_raw(interactions: pl.DataFrame | pl.LazyFrame, items: pl.DataFrame 
             raise schemas.DataError(f"{origin}: interactions column '{column}' has {counts[column]} empty values")
 
 
+def check_source(cfg: DataConfig, seed: int) -> None:
+    """Raise DataError (or FileNotFoundError) when the configured input files cannot be ingested.
+
+    The same checks as `ingest_dataset` (the adapter's own and `validate_raw`), without writing anything,
+    so that a command-line run reports bad input in seconds, before a Prefect server or a run folder
+    exists. Generated data needs no check; a source still to be downloaded is checked by `ingest`, after
+    the download its retries protect.
+    """
+    if cfg.source == "synthetic":
+        return
+    module, source = adapter(cfg.source), cfg.source_config()
+    if getattr(source, "download", False) and not all(path.is_file() for path in module.source_files(source)):
+        return
+    frames = module.load(source)
+    validate_raw(frames.interactions, frames.items, frames.users, frames.origin)
+
+
 def sink_parquet(frame: pl.LazyFrame, path: Path) -> TableRef:
     """Stream a lazy frame to Parquet (bounded memory), atomically, and return its reference."""
     with atomic_path(path) as temporary:

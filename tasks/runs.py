@@ -28,7 +28,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from conf.loading import dump_config
-from conf.schema import PipelineConfig
+from conf.schema import PipelineConfig, PlannedModel, regime_of
 from tasks import schemas, tracking
 from tasks.evaluation import metric_key
 from tasks.export import ExportedRecommendations
@@ -70,10 +70,44 @@ def store_setup_lock(tracking_uri: str) -> AbstractContextManager:
     return file_lock(database.with_name(f"{database.name}.lock"), "MLflow store setup")
 
 
-def open_run_folder(config: PipelineConfig, flow_run_id: str | None = None) -> RunContext:
-    """Create the run folder with config.yaml, and the MLflow run with a nested run per model."""
+def run_description(config: PipelineConfig) -> str:
+    """The MLflow description of a pipeline run: its preset, data, scenario, protocol and models, and the
+    user's note (output.description; `itx run` writes its --set settings there)."""
+    scenario = config.scenario
+    transfer = (f", {scenario.partition} transfer {scenario.source} -> {scenario.target}"
+                if scenario.partition != "none" else "")
+    models = ", ".join(model.name for model in config.models)
+    text = (f"Preset {config.name}: {config.data.source} data{transfer}, split {config.split.protocol}; "
+            f"models {models}.")
+    return f"{text} {config.output.description}" if config.output.description else text
+
+
+def model_description(planned: PlannedModel, run_name: str) -> str:
+    """The MLflow description of a model's nested run."""
+    fraction = (f", {planned.target_fraction:g} of the target's training data"
+                if planned.target_fraction is not None else "")
+    return f"{planned.model.kind} model {planned.model.name} (train_on {regime_of(planned.model)}{fraction}) in run {run_name}."
+
+
+def name_after_run_folder() -> str:
+    """The `flow_run_name` of the pipeline and retraining flows: the name their run folder will get
+    (output.run_name, or `<config name>-<UTC time>-<random>`), so that the Prefect UI, the run folder and
+    the MLflow run share one name; the flow passes it back to open_run_folder. Read from the raw
+    parameters too (a deployment run's config arrives as a mapping)."""
+    from prefect.runtime import flow_run
+
+    config = flow_run.parameters["config"]
+    if isinstance(config, PipelineConfig):
+        return config.output.run_name or new_run_name(config.name)
+    return (config.get("output") or {}).get("run_name") or new_run_name(config.get("name") or "run")
+
+
+def open_run_folder(config: PipelineConfig, flow_run_id: str | None = None,
+                    flow_run_name: str | None = None) -> RunContext:
+    """Create the run folder with config.yaml, and the MLflow run with a nested run per model. The folder
+    is named output.run_name, else the flow run's name (name_after_run_folder), else a new unique name."""
     root = Path(config.output.root).resolve()
-    name = config.output.run_name or new_run_name(config.name)
+    name = config.output.run_name or flow_run_name or new_run_name(config.name)
     # The folder name comes from parameters (output.run_name, or the config's name): one folder level
     # directly under the output root, never a way out of it.
     setting = "output.run_name" if config.output.run_name else "name"
@@ -99,14 +133,16 @@ def open_run_folder(config: PipelineConfig, flow_run_id: str | None = None) -> R
     } | ({"prefect_flow_run_id": flow_run_id} if flow_run_id else {})
     with store_setup_lock(uri):
         parent = tracking.start_run(uri, config.tracking.experiment, name,
-                                    tracking.flatten(config.model_dump(mode="json")), tags)
+                                    tracking.flatten(config.model_dump(mode="json")),
+                                    tags | {tracking.DESCRIPTION_TAG: run_description(config)})
     tracking.log_files(uri, parent, [run_dir / "config.yaml"])
     children = {
         planned.label: tracking.start_run(
-            uri, config.tracking.experiment, f"{name}/{planned.label}",
+            uri, config.tracking.experiment, planned.label,  # nested under the run: the model says which
             tracking.flatten(planned.model.model_dump(mode="json"), "model.")
             | ({"target_fraction": str(planned.target_fraction)} if planned.target_fraction is not None else {}),
-            tags | {"model": planned.label, "model_kind": planned.model.kind}, parent_run_id=parent)
+            tags | {"model": planned.label, "model_kind": planned.model.kind,
+                    tracking.DESCRIPTION_TAG: model_description(planned, name)}, parent_run_id=parent)
         for planned in config.model_plan()
     }
     return RunContext(name, run_dir, open_cache_dir(root / "cache"), uri, parent, children)

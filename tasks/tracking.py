@@ -31,10 +31,19 @@ def resolve_tracking_uri(cfg: TrackingConfig) -> str:
     return USER_TRACKING_URI or cfg.tracking_uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
+# MLflow 3's UI opens an experiment of unknown kind in its GenAI (traces) view, an empty page for our
+# runs; this kind opens it on the table of training runs.
+DESCRIPTION_TAG = "mlflow.note.content"  # what the MLflow UI shows as a run's description
+KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
+
+
 def ensure_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str:
-    """Id of the named experiment, created if missing with artifacts next to a local database."""
+    """Id of the named experiment, created if missing with artifacts next to a local database and marked as
+    model training (KIND_TAG; an older experiment of ours is marked the first time it is used)."""
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
+        if KIND_TAG not in experiment.tags:
+            client.set_experiment_tag(experiment.experiment_id, KIND_TAG, TRAINING_KIND)
         return experiment.experiment_id
     artifact_location = None
     if tracking_uri.startswith("sqlite:///"):
@@ -43,7 +52,7 @@ def ensure_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str
         database = Path(tracking_uri.removeprefix("sqlite:///"))
         artifact_location = (database.parent / "mlruns").resolve().as_uri()
     try:
-        return client.create_experiment(name, artifact_location=artifact_location)
+        return client.create_experiment(name, artifact_location=artifact_location, tags={KIND_TAG: TRAINING_KIND})
     except Exception:  # another process created it between our lookup and create
         experiment = client.get_experiment_by_name(name)
         if experiment is None:

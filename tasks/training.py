@@ -236,7 +236,7 @@ def trained_model(planned: PlannedModel, regime: str, config: PipelineConfig, mo
 
 # The MLflow run id is left out of the cache key: the same data and config give the same model
 # whichever run asks, and a cache hit points back to the run that holds the curves.
-@task(name="train", cache_policy=(INPUTS + TASK_SOURCE) - "mlflow_run_id" - "tracking_uri", persist_result=True)
+@task(name="train", task_run_name="train-{planned.label}", cache_policy=(INPUTS + TASK_SOURCE) - "mlflow_run_id" - "tracking_uri", persist_result=True)
 def train(prepared: PreparedData, planned: PlannedModel, config: PipelineConfig, cache: CacheDir,
           item_text: TableRef | None = None, tracking_uri: str | None = None,
           mlflow_run_id: str | None = None) -> TrainedModel:

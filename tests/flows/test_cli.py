@@ -51,3 +51,37 @@ def test_real_data_preset_without_its_data_says_where_to_put_it(tmp_path):
     assert result.returncode == 2
     error = [line for line in result.stderr.splitlines() if line.startswith("itx: error:")][-1]
     assert "nowhere" in error and "data.recbole.path" in error
+
+
+def bad_events_file(folder: Path) -> Path:
+    """An event log whose third row has a time that is not a time."""
+    path = folder / "events.csv"
+    path.write_text("user_id,item_id,timestamp\nu1,i1,1000\nu1,i2,yesterday\nu2,i1,1002\n")
+    return path
+
+
+def test_bad_data_fails_with_one_line_before_prefect_or_mlflow_start(tmp_path):
+    """The input files are checked before the flow: no Prefect server, MLflow store or run folder, no traceback."""
+    events = bad_events_file(tmp_path)
+    code = ("import sys; from flows.cli import main; rc = main(sys.argv[1:]); "
+            "print('started:', sorted(m for m in ('flows.pipeline', 'mlflow', 'prefect.server.api.server') "
+            "if m in sys.modules)); sys.exit(rc)")
+    result = subprocess.run(
+        [sys.executable, "-c", code, "run", str(preset_path("experiments/tiny.yaml")), "--set", "data.source=events",
+         "--set", f"data.events={{interactions: {events}}}", "--output-dir", str(tmp_path / "out")],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.splitlines() == [line for line in result.stderr.splitlines() if line.startswith("itx: error:")]
+    assert len(result.stderr.splitlines()) == 1 and "timestamp" in result.stderr and "events.csv" in result.stderr
+    assert "started: []" in result.stdout
+    assert not (tmp_path / "out").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_verbose_adds_the_traceback_before_the_error_line(tmp_path):
+    events = bad_events_file(tmp_path)
+    result = itx("run", str(preset_path("experiments/tiny.yaml")), "--set", "data.source=events",
+                 "--set", f"data.events={{interactions: {events}}}", "--output-dir", str(tmp_path / "out"), "--verbose",
+                 cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith("Traceback") and lines[-1].startswith("itx: error:") and "timestamp" in lines[-1]

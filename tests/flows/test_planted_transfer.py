@@ -13,24 +13,16 @@ import pytest
 from conf.loading import load_config, preset_path
 from flows.pipeline import pipeline_flow
 
-MODELS = ("[{kind: rnn, name: gru_target, train_on: target},"
-          " {kind: rnn, name: gru_pooled, train_on: pooled},"
-          " {kind: rnn, name: gru_ptt, train_on: pooled_then_target, l2sp: 0.01}]")
-
-
 def gain_over_pooled(tmp_path_factory, transition_share: float) -> dict:
+    """The fine-tune's gain over the best pooled model in the demo's transfer run (conf/experiments/demo_transfer.yaml)."""
     root = tmp_path_factory.mktemp("planted")
-    config = load_config(preset_path("shop_cross_group.yaml"), [
-        "data.synthetic.n_users=1500", "data.synthetic.n_items=300", "data.synthetic.n_topics=6",
-        "data.synthetic.mean_events_per_user=20", "data.synthetic.group_shares=[0.3,0.7]",
-        f"data.synthetic.group_transition_share={transition_share}",
-        "train.max_epochs=8", "train.batch_size=128", "train.progress_bar=false",
-        "transfer.target_fractions=[0.2]", "transfer.bootstrap_samples=500", "transfer.pooled_baseline=gru_pooled",
-        f"models={MODELS}", f"output.root={root / 'outputs'}", f"tracking.tracking_uri=sqlite:///{root / 'mlflow.db'}"])
+    config = load_config(preset_path("experiments/demo_transfer.yaml"), [
+        f"data.synthetic.group_transition_share={transition_share}", "train.progress_bar=false",
+        f"output.root={root / 'outputs'}", f"tracking.tracking_uri=sqlite:///{root / 'mlflow.db'}"])
     result = pipeline_flow(config)
     rows = pl.read_csv(result.run_dir / "transfer_gain.csv").filter(
         (pl.col("metric") == "ndcg") & (pl.col("k") == 10) & (pl.col("subset") == "all")
-        & (pl.col("model") == "gru_ptt") & (pl.col("baseline_role") == "pooled"))
+        & (pl.col("model") == "gru_finetune") & (pl.col("baseline_role") == "pooled"))
     assert rows.height == 1
     return rows.row(0, named=True)
 

@@ -197,3 +197,32 @@ def test_dumped_config_reloads_to_an_equal_config(tmp_path, preset):
     reloaded = load_config(dumped)
     assert reloaded == config
     assert reloaded.name == config.name != "resolved"  # the dump carries the name, not the file stem
+
+
+def test_no_setting_description_holds_an_angle_bracket_placeholder():
+    """The Prefect deployment form renders descriptions as HTML-sanitised markdown: `<config name>` vanishes."""
+    import json
+    import re
+
+    from conf.schema import PipelineConfig
+
+    schema = json.dumps(PipelineConfig.model_json_schema())
+    descriptions = re.findall(r'"description": "((?:[^"\\]|\\.)*)"', schema)
+    assert descriptions, "the schema carries the field descriptions"
+    assert [d for d in descriptions if re.search(r"<[A-Za-z][^<>]*>", d)] == []
+
+
+def test_configuration_reference_in_docs_is_generated_from_the_current_schema():
+    from conf.reference import DOC, rendered_page
+
+    page = DOC.read_text()
+    assert rendered_page(page) == page, "docs/configuration.md is stale: run .venv/bin/python -m conf.reference"
+
+
+def test_configuration_reference_lists_every_setting_with_its_default():
+    from conf.reference import reference_markdown
+
+    text = reference_markdown()
+    for row in ("| `train.loss` | `\"full\"` |", "| `seed` | `42` |", "| `transfer.target_fractions` | `[1.0]` |",
+                "| `models[].tie_output` | `false` |", "| `models[].sequence` | `{kind: sasrec}` |"):
+        assert row in text

@@ -11,6 +11,7 @@ from conf.schema import TrainConfig
 from models.base import FitSummary, SequentialRecommender, rankable_scores
 from models.baselines import PopularityRecommender
 from models.data import NextItemWindows, SequenceData, left_pad, ranking_loader
+from models.attention import SASRecRecommender
 from models.extractors import CaserRecommender, GRURecommender
 from models.metrics import ndcg_at_k
 from models.registry import build_model, load_model
@@ -19,13 +20,19 @@ N_ITEMS = 30  # item_idx 1..29, 0 is padding
 SMALL_OPTIONS = {
     "rnn": {"embedding_dim": 8, "hidden_dim": 16},
     "cnn": {"embedding_dim": 8, "window": 3, "horizontal_filters": 4, "vertical_filters": 2},
+    "sasrec": {"embedding_dim": 16, "num_blocks": 2, "num_heads": 2, "max_seq_len": 12},
+    "sasrec_tied": {"embedding_dim": 16, "num_blocks": 2, "num_heads": 2, "max_seq_len": 12, "tie_output": True},
 }
-NEURAL_KINDS = sorted(SMALL_OPTIONS)
+NEURAL_KINDS = sorted(SMALL_OPTIONS)  # sasrec_tied: SASRec with the paper's tied output head
+
+
+def kind_of(variant: str) -> str:
+    return variant.removesuffix("_tied")
 
 
 def small_model(kind: str, **overrides) -> SequentialRecommender:
     torch.manual_seed(0)
-    return build_model(kind, N_ITEMS, SMALL_OPTIONS[kind] | overrides)
+    return build_model(kind_of(kind), N_ITEMS, SMALL_OPTIONS[kind] | overrides)
 
 
 def random_history(batch: int, length: int, seed: int = 0) -> torch.Tensor:
@@ -36,13 +43,15 @@ def random_history(batch: int, length: int, seed: int = 0) -> torch.Tensor:
 def test_neural_kinds_build_the_expected_classes():
     assert isinstance(small_model("rnn"), GRURecommender)
     assert isinstance(small_model("cnn"), CaserRecommender)
+    assert isinstance(small_model("sasrec"), SASRecRecommender)
 
 
 @pytest.mark.parametrize("kind", NEURAL_KINDS)
-def test_score_all_scores_every_item_and_never_padding(kind):
+def test_score_all_scores_every_item_and_never_padding_even_for_an_empty_history(kind):
     model = small_model(kind).eval()
     history = random_history(4, 7)
     history[0, :3] = 0  # a left-padded row
+    history[1] = 0  # a user with no history at all
     with torch.no_grad():
         scores = model.score_all(history)  # [B, n_items]
     assert scores.shape == (4, N_ITEMS)
@@ -135,8 +144,9 @@ def test_saved_model_loads_with_identical_scores(kind, tmp_path):
     history = random_history(5, 6)
     with torch.no_grad():
         assert torch.equal(model.score_all(history), loaded.score_all(history))
+    assert dict(loaded.hparams) == dict(model.hparams)
     payload = torch.load(path, weights_only=True)  # no pickled code in the file
-    assert payload["kind"] == kind
+    assert payload["kind"] == kind_of(kind)
 
 
 def test_saved_popularity_loads_with_identical_counts(tmp_path):
@@ -197,7 +207,7 @@ def test_rankable_scores_masks_seen_items_only_when_asked():
 @pytest.mark.parametrize("kind", NEURAL_KINDS)
 def test_short_fit_reports_valid_ndcg_keeps_best_weights_and_writes_a_checkpoint(kind, tmp_path, tiny_data):
     data = tiny_data
-    model = build_model(kind, data.n_items, SMALL_OPTIONS[kind] | {"max_seq_len": 10})
+    model = build_model(kind_of(kind), data.n_items, SMALL_OPTIONS[kind] | {"max_seq_len": 10})
     train = TrainConfig(max_epochs=2, progress_bar=False, batch_size=32, accelerator="cpu")
     summary = model.fit(data, train, seed=0, checkpoint_dir=tmp_path)
     assert isinstance(summary, FitSummary)

@@ -1,17 +1,13 @@
-"""SASRec properties: every item scored and padding never, no NaN from all-padding rows, no leakage
-from later steps, positions aligned to the most recent item, loss falling when overfitting one batch,
-faithful save/load, and a real fit.
+"""What only SASRec has: no NaN from all-padding rows, positions aligned to the most recent item, a
+length limit, and the tied output head. The properties every neural model shares (scores, causality,
+overfitting one batch, save/load, a real fit) are tested for SASRec with the others in test_models.py.
 """
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
-from conf.schema import TrainConfig
 from models.attention import SASRecRecommender
-from models.base import FitSummary
-from models.data import NextItemWindows
 from models.registry import build_model, load_model
 
 N_ITEMS = 30  # item_idx 1..29, 0 is padding
@@ -26,22 +22,6 @@ def small_model(**overrides) -> SASRecRecommender:
 def random_history(batch: int, length: int, seed: int = 0) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(1, N_ITEMS, (batch, length), generator=generator)  # [B, T]
-
-
-def test_registry_builds_sasrec_from_its_kind():
-    assert isinstance(small_model(), SASRecRecommender)
-
-
-def test_score_all_scores_every_item_and_never_padding_even_for_an_empty_history():
-    model = small_model().eval()
-    history = random_history(4, 7)
-    history[0, :3] = 0  # a left-padded row
-    history[1] = 0  # a user with no history at all
-    with torch.no_grad():
-        scores = model.score_all(history)  # [B, n_items]
-    assert scores.shape == (4, N_ITEMS)
-    assert torch.isneginf(scores[:, 0]).all()
-    assert torch.isfinite(scores[:, 1:]).all()
 
 
 def naive_attention(q, k, v, attn_mask, dropout_p=0.0):
@@ -64,20 +44,6 @@ def test_an_all_padding_row_gives_finite_interests_and_gradients(training, monke
     assert torch.equal(interests[0], torch.zeros_like(interests[0]))
     interests.sum().backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
-
-
-@pytest.mark.parametrize("changed_position", [0, 3, 6, 9])
-def test_encode_is_causal_later_items_do_not_change_earlier_interests(changed_position):
-    model = small_model().eval()
-    history = random_history(3, 10)
-    history[0, :2] = 0  # a padded row too; position 0 of row 0 then becomes an item
-    altered = history.clone()
-    altered[:, changed_position] = (history[:, changed_position] % (N_ITEMS - 1)) + 1  # a different item
-    with torch.no_grad():
-        original, changed = model.encode(history), model.encode(altered)  # [B, T, D]
-    assert torch.equal(original[:, :changed_position], changed[:, :changed_position])
-    # The change does reach its own position, so the check above is not vacuous.
-    assert not torch.allclose(original[:, changed_position], changed[:, changed_position])
 
 
 def test_positions_align_to_the_last_item_whatever_the_padded_length():
@@ -109,41 +75,6 @@ def test_a_history_longer_than_max_seq_len_is_rejected():
         model.encode(random_history(1, 13))
 
 
-@pytest.mark.parametrize("tie_output", [False, True])
-def test_loss_falls_when_overfitting_one_batch(monkeypatch, tie_output):
-    model = small_model(dropout=0.0, learning_rate=1e-2, tie_output=tie_output)
-    monkeypatch.setattr(model, "log", lambda *args, **kwargs: None)  # no Trainer to log to
-    sequences = [np.random.default_rng(row).integers(1, N_ITEMS, 9) for row in range(8)]
-    windows = NextItemWindows(sequences, max_len=8)
-    batch = windows.collate(windows[list(range(len(windows)))])
-    optimizer = model.configure_optimizers()
-    model.train()
-    losses = []
-    for step in range(50):
-        optimizer.zero_grad()
-        loss = model.training_step(batch, step)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    assert losses[-1] < 0.5 * losses[0]
-
-
-def test_saved_model_loads_with_identical_scores(tmp_path):
-    model = small_model().eval()
-    path = tmp_path / "model.pt"
-    model.save(path)
-    loaded = load_model(path)
-    assert type(loaded) is SASRecRecommender
-    assert not loaded.training
-    assert dict(loaded.hparams) == dict(model.hparams)
-    history = random_history(5, 6)
-    history[0, :4] = 0
-    with torch.no_grad():
-        assert torch.equal(model.score_all(history), loaded.score_all(history))
-    payload = torch.load(path, weights_only=True)  # no pickled code in the file
-    assert payload["kind"] == "sasrec"
-
-
 def test_a_tied_head_scores_with_the_input_embeddings_and_stays_tied_after_loading(tmp_path):
     model = small_model(tie_output=True).eval()
     assert model.output.weight is model.item_embedding.weight
@@ -159,14 +90,3 @@ def test_a_tied_head_scores_with_the_input_embeddings_and_stays_tied_after_loadi
         expected = interest @ loaded.item_embedding.weight.T + loaded.output.bias
         assert torch.allclose(loaded.score_all(history)[:, 1:], expected[:, 1:])
         assert torch.equal(model.score_all(history), loaded.score_all(history))
-
-
-def test_short_fit_reports_a_valid_ndcg_and_keeps_eval_mode(tmp_path, tiny_data):
-    data = tiny_data
-    model = build_model("sasrec", data.n_items, {"embedding_dim": 16, "num_heads": 2, "max_seq_len": 10})
-    train = TrainConfig(max_epochs=2, progress_bar=False, batch_size=32, accelerator="cpu")
-    summary = model.fit(data, train, seed=0, checkpoint_dir=tmp_path)
-    assert isinstance(summary, FitSummary)
-    assert summary.epochs == 2
-    assert 0.0 < summary.best_valid_ndcg < 1.0
-    assert not model.training

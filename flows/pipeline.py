@@ -2,7 +2,7 @@
 from dataclasses import dataclass
 from pathlib import Path
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from conf.schema import PipelineConfig
@@ -47,7 +47,8 @@ def pipeline_flow(config: PipelineConfig) -> PipelineResult:
         if config.registry.enabled:
             registration_flow(config, prepared, trained, exported, run)
         close_run(run, metrics, exported, prepared)
-        publish_artifacts(run, config, metrics, exported)  # last: it reads the finished run folder
+        summary = publish_artifacts(run, config, metrics, exported)  # last: it reads the finished run folder
+        get_run_logger().info(summary)  # the flow run's log ends with its summary
     except BaseException:
         fail_run(run)
         raise

@@ -126,21 +126,33 @@ def render_run_summary(run_name: str, run_dir: Path, config: PipelineConfig, met
 
 def publish_run_artifacts(run: RunContext, config: PipelineConfig, metrics: TableRef,
                           exported: ExportedRecommendations | None = None,
-                          mlflow_ui_url: str | None = MLFLOW_UI_URL) -> dict[str, str]:
+                          mlflow_ui_url: str | None = MLFLOW_UI_URL) -> str:
     """Create the run's Prefect artifacts: the markdown summary `itx-<config>` and the test metrics table
     `itx-<config>-metrics` (every K); the transfer gain is read from the run folder when present.
-    Returns {key: artifact id}."""
+    Returns the summary's gist in one line, which the pipeline flow writes to its log."""
     frame = read_table(metrics, schemas.METRICS, "metrics")
     gain_file = run.run_dir / TRANSFER_GAIN_FILE
     gain = pl.read_csv(gain_file, schema_overrides=TRANSFER_GAIN_SCHEMA) if gain_file.is_file() else None
     summary = render_run_summary(run.name, run.run_dir, config, frame, exported, run.mlflow_run_id, run.tracking_uri,
                                  tracking.experiment_of(run.tracking_uri, run.mlflow_run_id), gain, mlflow_ui_url)
     summary_key, table_key = artifact_key("itx", config.name), artifact_key("itx", config.name, "metrics")
-    summary_id = create_markdown_artifact(markdown=summary, key=summary_key,
-                                          description=f"Run {run.name}: metrics, export and MLflow run")
-    table_id = create_table_artifact(table=metric_rows(frame), key=table_key,
-                                     description=f"Run {run.name}: test metrics per model and K")
-    return {summary_key: str(summary_id), table_key: str(table_id)}
+    create_markdown_artifact(markdown=summary, key=summary_key,
+                             description=f"Run {run.name}: metrics, export and MLflow run")
+    create_table_artifact(table=metric_rows(frame), key=table_key,
+                          description=f"Run {run.name}: test metrics per model and K")
+    return summary_line(run, frame, exported, summary_key)
+
+
+def summary_line(run: RunContext, metrics: pl.DataFrame, exported: ExportedRecommendations | None,
+                 summary_key: str) -> str:
+    """`run <name> finished: ...` with the test NDCG@10 of every model, the export and where the rest is."""
+    ks = metrics["k"].to_list()
+    k = 10 if 10 in ks else max(ks, default=10)
+    ndcg = {row["model"]: row["NDCG"] for row in metric_rows(metrics, k)}
+    models = ", ".join(f"{model} {value:.4f}" if value is not None else f"{model} -" for model, value in ndcg.items())
+    export = f"exported {exported.model}" if exported is not None else "nothing exported"
+    return (f"run {run.name} finished: test NDCG@{k} {models}; {export}; folder {run.run_dir}; "
+            f"MLflow run {run.mlflow_run_id}; summary: artifact {summary_key}")
 
 
 publish_artifacts = task(publish_run_artifacts, name="publish-artifacts", cache_policy=NO_CACHE)

@@ -118,3 +118,15 @@ def test_later_fractions_of_a_source_then_target_model_wait_for_its_first_pre_tr
                    {"kind": "rnn", "name": "tgt", "train_on": "target"}],
     })
     assert pretraining_leaders(config.model_plan()) == {"ft:0.5": "ft:0.1", "ft:1": "ft:0.1"}
+
+
+def test_summary_line_names_every_model_with_its_test_ndcg_the_export_and_where_the_rest_is(tmp_path):
+    from tasks.artifacts import summary_line
+    from tasks.io import open_cache_dir
+    from tasks.runs import RunContext
+
+    run = RunContext("tiny-1", tmp_path / "tiny-1", open_cache_dir(tmp_path / "cache"), "sqlite:///x.db", "abc123")
+    exported = ExportedRecommendations("gru", TableRef("r.parquet", "f"), TableRef("r.csv", "f"), 20)
+    line = summary_line(run, tidy_metrics({"popularity": 0.1, "gru": 0.2}), exported, "itx-tiny")
+    assert line == (f"run tiny-1 finished: test NDCG@10 popularity 0.1300, gru 0.2600; exported gru; "
+                    f"folder {tmp_path / 'tiny-1'}; MLflow run abc123; summary: artifact itx-tiny")

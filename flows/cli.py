@@ -173,8 +173,8 @@ def recommendations_preview(result, n_users: int) -> str:
     titles = dict(pl.read_parquet(result.prepared.items.path, columns=["item_id", "title"]).iter_rows())
     recommendations = pl.read_parquet(result.recommendations.parquet.path)
     users = recommendations["user_id"].unique(maintain_order=True).head(n_users).to_list()
-    lines = [f"\nRecommendations of {result.recommendations.model} (top 5 of {n_users} users; because: the "
-             "history items that point to each most):"]
+    lines = [f"\nTop 5 for {n_users} users from {result.recommendations.model}, each with the history items that "
+             "point to it most:"]
     for user in users:
         lines.append(f"  user {user}")
         for row in recommendations.filter((pl.col("user_id") == user) & (pl.col("rank") <= 5)).iter_rows(named=True):
@@ -189,14 +189,14 @@ def demo_next_steps(result, config: PipelineConfig) -> str:
 
     uri, name = result.tracking_uri, registered_name(config)
     return "\n".join([
-        f"\nRegistered champion: models:/{name}@champion (MLflow registry at {uri})",
-        f"MLflow UI:   .venv/bin/mlflow ui --backend-store-uri {uri} --port 5000, then open "
-        "http://127.0.0.1:5000 > experiment interest-transfer (Runs)",
-        "Prefect UI:  .venv/bin/itx serve   (http://127.0.0.1:4200: the flow runs above, and a Run button "
-        "for the pipeline)",
-        f"Serve:       source .venv/bin/activate; MLFLOW_TRACKING_URI={uri} mlflow models serve "
-        f"-m models:/{name}@champion --env-manager local --host 127.0.0.1 --port 5055   (curl example: "
-        "docs/operations.md, Serving)",
+        f"\nRegistered champion: models:/{name}@champion, in the MLflow registry at {uri}",
+        "MLflow UI (runs, curves, registry), then open http://127.0.0.1:5000:",
+        f"  .venv/bin/mlflow ui --backend-store-uri {uri} --port 5000",
+        "Prefect UI (the flow runs above, a Run button for the pipeline), then open http://127.0.0.1:4200:",
+        "  .venv/bin/itx serve",
+        "Serve the champion over HTTP (curl example: docs/operations.md, Serving):",
+        f"  source .venv/bin/activate && MLFLOW_TRACKING_URI={uri} mlflow models serve -m models:/{name}@champion "
+        "--env-manager local --port 5055",
     ])
 
 
@@ -262,8 +262,9 @@ def main(argv: list[str] | None = None) -> int:
             for title, result in results:
                 report(result, console, f"demo: test metrics, {title}")
             shop_config, shop = configs[0], results[0][1]
-            console.print(recommendations_preview(shop, DEMO_USERS_SHOWN), markup=False, highlight=False)
-            console.print(demo_next_steps(shop, shop_config), markup=False, highlight=False)
+            console.print(recommendations_preview(shop, DEMO_USERS_SHOWN), markup=False, highlight=False,
+                          soft_wrap=True)
+            console.print(demo_next_steps(shop, shop_config), markup=False, highlight=False, soft_wrap=True)
         return 0
     except (ConfigError, ValueError, FileNotFoundError, FileExistsError) as err:
         print_traceback_if(args.verbose)

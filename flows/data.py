@@ -8,7 +8,7 @@ from tasks.preprocessing import PreparedData, check_catalogue_size, preprocess
 from tasks.privacy import pseudonym_key_id
 
 
-@flow(name="data")
+@flow(name="data", flow_run_name="data-{config.name}")
 def data_flow(config: PipelineConfig, cache: CacheDir) -> PreparedData:
     """Ingest (user ids pseudonymised when config.privacy says so) and preprocess; both steps are cached on
     their inputs."""

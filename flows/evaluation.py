@@ -11,7 +11,7 @@ from tasks.training import TrainedModel
 
 
 # One thread by default; the pipeline passes the runner of config.execution (flows.runners).
-@flow(name="evaluation", task_runner=task_runner_for(ExecutionConfig()))
+@flow(name="evaluation", flow_run_name="evaluation-{config.name}", task_runner=task_runner_for(ExecutionConfig()))
 def evaluation_flow(config: PipelineConfig, prepared: PreparedData, trained: list[TrainedModel],
                     run: RunContext) -> TableRef:
     """Evaluate each model on valid and test (in parallel on the flow's task runner), write metrics.csv and its

@@ -9,7 +9,7 @@ from tasks.runs import RunContext
 from tasks.training import TrainedModel
 
 
-@flow(name="export")
+@flow(name="export", flow_run_name="export-{config.name}")
 def export_flow(config: PipelineConfig, prepared: PreparedData, trained: list[TrainedModel], metrics: TableRef,
                 run: RunContext) -> ExportedRecommendations:
     """Write recommendations.parquet and .csv into the run folder."""

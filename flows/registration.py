@@ -11,7 +11,7 @@ from tasks.runs import RunContext
 from tasks.training import TrainedModel
 
 
-@flow(name="registration")
+@flow(name="registration", flow_run_name="registration-{config.name}")
 def registration_flow(config: PipelineConfig, prepared: PreparedData, trained: list[TrainedModel],
                       exported: ExportedRecommendations, run: RunContext) -> GateDecision:
     """Gate the exported model against models:/<name>@<alias>; register and alias it when it passes."""

@@ -10,7 +10,7 @@ from tasks.transfer import embed_items
 
 
 # One thread by default; the pipeline passes the runner of config.execution (flows.runners).
-@flow(name="training", task_runner=task_runner_for(ExecutionConfig()))
+@flow(name="training", flow_run_name="training-{config.name}", task_runner=task_runner_for(ExecutionConfig()))
 def training_flow(config: PipelineConfig, prepared: PreparedData, run: RunContext) -> list[TrainedModel]:
     """Embed item texts if a text model needs them, then train the planned models (each cached), in parallel
     on the flow's task runner; a model's later target fractions wait for the first to pre-train on the source.

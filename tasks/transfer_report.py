@@ -283,6 +283,19 @@ def plot_gain(table: pl.DataFrame, path: Path, metric: str = "ndcg", k: int = 10
     axes.set_ylabel(f"relative {metric}@{k} gain (%)")
     if rows.is_empty():
         axes.text(0.5, 0.5, "no data", ha="center", va="center", transform=axes.transAxes, fontsize=14)
+    elif rows["target_fraction"].n_unique() == 1:  # one fraction: a forest plot, one row per model
+        rows = rows.sort("rel_gain")
+        gain = rows["rel_gain"].to_numpy() * 100
+        below = np.nan_to_num(gain - rows["ci_low"].to_numpy() * 100)
+        above = np.nan_to_num(rows["ci_high"].to_numpy() * 100 - gain)
+        labels = [model if len(scenarios) == 1 else f"{scenario}/{model}"
+                  for scenario, model in zip(rows["scenario"], rows["model"])]
+        axes.axvline(0, color="grey", linestyle="--", linewidth=1, label=f"{against} (baseline)")
+        axes.errorbar(gain, np.arange(len(labels)), xerr=[below, above], fmt="o", capsize=4)
+        axes.set_yticks(np.arange(len(labels)), labels=labels)
+        axes.set_xlabel(f"relative {metric}@{k} gain (%) at target fraction {rows['target_fraction'][0]:g}, 95% CI")
+        axes.set_ylabel("")
+        axes.legend(fontsize="small")
     else:
         axes.axhline(0, color="grey", linestyle="--", linewidth=1, label=f"{against} (baseline)")
         for (scenario, model), line in rows.sort("target_fraction").partition_by(

@@ -3,7 +3,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conf.loading import preset_path
+
+pytestmark = pytest.mark.slow  # the second tier (make test-slow): each test runs itx as a subprocess
 
 ITX = [sys.executable, "-m", "flows.cli"]
 ROOT = Path(__file__).resolve().parents[2]

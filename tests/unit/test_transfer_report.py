@@ -278,6 +278,13 @@ def test_plot_writes_a_png_and_leaves_no_temporary_file(per_user, tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["gain.png"]
 
 
+def test_plot_of_a_single_fraction_is_a_forest_of_models(per_user, tmp_path):
+    table = transfer_gain_table(per_user, "s", ["target_only", "pop"], n_samples=50)
+    one = table.filter(pl.col("target_fraction") == table["target_fraction"].min())
+    path = plot_gain(one, tmp_path / "forest.png")
+    assert path.read_bytes().startswith(b"\x89PNG") and path.stat().st_size > 1000
+
+
 def test_plot_without_data_still_writes_a_figure(tmp_path):
     empty = pl.DataFrame(schema=TRANSFER_GAIN_SCHEMA)
     path = plot_gain(empty, tmp_path / "empty.png")

@@ -31,6 +31,9 @@ import yaml
 from conf.loading import preset_path
 from flows.cli import main
 
+# The second tier (make test-slow): every case is a real run of itx, and two are subprocesses.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 TINY = str(preset_path("experiments/tiny.yaml"))
 T0 = 1_700_000_000  # 2023-11-14, epoch seconds

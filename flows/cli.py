@@ -21,6 +21,8 @@ before any server, MLflow run or run folder starts, so bad data fails in seconds
 import argparse
 import os
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import flows  # noqa: F401  (sets offline-safe environment defaults before Prefect is imported)
@@ -138,15 +140,70 @@ def prepare_prefect_database() -> None:
         asyncio.run(provide_database_interface().create_db())
 
 
+def start_prefect_in_background() -> Callable[[], None]:
+    """Set up Prefect's database and start its temporary server (when no PREFECT_API_URL names one) in a
+    thread, so that its few seconds overlap the imports of torch, Lightning and MLflow instead of
+    following them. Returns the wait to call before the first flow runs; it re-raises the thread's error."""
+    # Imported here, in the main thread: two threads importing the same modules at once can see them
+    # half-initialised. The thread then only runs code.
+    import asyncio  # noqa: F401 - this and the next two: what prepare_prefect_database imports
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.server.database import provide_database_interface  # noqa: F401
+    from prefect.settings import get_current_settings
+
+    from tasks.io import file_lock  # noqa: F401
+
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            prepare_prefect_database()
+            settings = get_current_settings()
+            if not settings.api.url and settings.server.ephemeral.enabled:
+                SubprocessASGIServer().start()  # the process-wide server every flow run of this process uses
+        except BaseException as error:  # noqa: BLE001 - handed to the main thread by wait()
+            errors.append(error)
+
+    thread = threading.Thread(target=start, name="prefect-start", daemon=True)
+    thread.start()
+
+    def wait() -> None:
+        thread.join()
+        if errors:
+            raise errors[0]
+
+    return wait
+
+
+def without_heartbeats_on_a_temporary_server():
+    """Settings for the flow runs of this process: no heartbeats when they go to the temporary server.
+
+    A flow run's heartbeat thread sleeps in one-second steps and Prefect joins it when the run ends, so
+    each flow run (the pipeline and its five stage subflows) ends up to a second late. Heartbeats let a
+    server tell crashed runs from live ones; a temporary server lives and dies with this process, so
+    nothing would ever read them. With PREFECT_API_URL set, the settings are left as they are.
+    """
+    from contextlib import nullcontext
+
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, get_current_settings, temporary_settings
+
+    settings = get_current_settings()
+    if settings.api.url or not settings.server.ephemeral.enabled:
+        return nullcontext()
+    return temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
+
+
 def run_pipeline(config: PipelineConfig):
     """Check the input data, then run the pipeline flow (a temporary Prefect server starts if none is configured)."""
     from tasks.ingestion import check_source
 
     check_source(config.data, config.seed)  # bad input fails in seconds, before Prefect, MLflow or a run folder
+    wait_for_prefect = start_prefect_in_background()
     from flows.pipeline import pipeline_flow
 
-    prepare_prefect_database()
-    return pipeline_flow(config)
+    wait_for_prefect()
+    with without_heartbeats_on_a_temporary_server():
+        return pipeline_flow(config)
 
 
 def report(result, console, title: str) -> None:
@@ -208,7 +265,8 @@ def retrain(args: argparse.Namespace, console) -> int:
     config = config_from_args(args)
     batch = EventLogConfig(interactions=args.new_events) if args.new_events else None
     prepare_prefect_database()
-    result = retrain_flow(config, batch, args.finetune_epochs, args.force)
+    with without_heartbeats_on_a_temporary_server():
+        result = retrain_flow(config, batch, args.finetune_epochs, args.force)
     if result.run_dir is None:
         console.print("no new events: nothing to retrain")
         return 0

@@ -92,20 +92,23 @@ def main() -> int:
                         "--set", "train.max_epochs=2"], cwd=ROOT, env=run_env, check=True,
                        stdout=subprocess.DEVNULL)
         wait_for(f"http://127.0.0.1:{MLFLOW_PORT}/health")
-        flow_run = api("/flow_runs/filter", {"flow_runs": {"parent_task_run_id": {"is_null_": True}}, "limit": 1,
-                                             "sort": "START_TIME_DESC"})[0]
-        deployment = next(d for d in api("/deployments/filter", {}) if d["name"] == "pipeline")
         from mlflow import MlflowClient
+
+        from tasks.artifacts import mlflow_experiment_url, mlflow_run_url
 
         experiment = MlflowClient(database).get_experiment_by_name("interest-transfer")
         prefect_ui, mlflow_ui = f"http://127.0.0.1:{PREFECT_PORT}", f"http://127.0.0.1:{MLFLOW_PORT}"
         parent = MlflowClient(database).search_runs([experiment.experiment_id],
                                                     "tags.mlflow.parentRunId IS NULL")[0]
+        # The pipeline's flow run carries the run folder's name, as the MLflow run does.
+        flow_run = api("/flow_runs/filter", {"flow_runs": {"name": {"any_": [parent.info.run_name]}}})[0]
+        deployment = next(d for d in api("/deployments/filter", {}) if d["name"] == "pipeline")
         print(f"flow run {flow_run['name']!r}; MLflow experiment {experiment.experiment_id}, run {parent.info.run_name!r}")
         pages = [
-            ("mlflow-experiment.png", f"{mlflow_ui}/#/experiments/{experiment.experiment_id}",
-             "opens on the training runs table (not the GenAI traces page); the run is named after its folder"),
-            ("mlflow-run.png", f"{mlflow_ui}/#/experiments/{experiment.experiment_id}/runs/{parent.info.run_id}",
+            ("mlflow-experiment.png", mlflow_experiment_url(mlflow_ui, experiment.experiment_id),
+             "the training runs table (the link's workflowType; MLflow 3 opens on GenAI traces without it); the "
+             "run is named after its folder, its model runs after their model"),
+            ("mlflow-run.png", mlflow_run_url(mlflow_ui, experiment.experiment_id, parent.info.run_id),
              "the run's description (preset, data, scenario, models, the --set settings)"),
             ("prefect-flow-runs.png", f"{prefect_ui}/runs", "the flow run named after its run folder"),
             ("prefect-flow-run.png", f"{prefect_ui}/runs/flow-run/{flow_run['id']}",

@@ -242,12 +242,15 @@ def recommendations_preview(result, n_users: int) -> str:
 
 def demo_next_steps(result, config: PipelineConfig) -> str:
     """Where the champion is and the commands that open the UIs and serve it."""
+    from tasks.artifacts import MLFLOW_UI_URL, mlflow_experiment_url
     from tasks.registry import registered_name
+    from tasks.tracking import experiment_of
 
     uri, name = result.tracking_uri, registered_name(config)
+    runs_page = mlflow_experiment_url(MLFLOW_UI_URL, experiment_of(uri, result.mlflow_run_id)[0])
     return "\n".join([
         f"\nRegistered champion: models:/{name}@champion, in the MLflow registry at {uri}",
-        "MLflow UI (runs, curves, registry), then open http://127.0.0.1:5000:",
+        f"MLflow UI (runs, curves, registry), then open {runs_page}:",
         f"  .venv/bin/mlflow ui --backend-store-uri {uri} --port 5000",
         "Prefect UI (the flow runs above, a Run button for the pipeline), then open http://127.0.0.1:4200:",
         "  .venv/bin/itx serve",

@@ -59,8 +59,11 @@ def start_server(port: int) -> tuple[str, subprocess.Popen | None]:
     if server_healthy(api_url):
         return api_url, None
     prefect = Path(sys.executable).with_name("prefect")
+    # The UI reads its API address from PREFECT_UI_API_URL, which otherwise points at port 4200 whatever
+    # --port says: on another port the UI would open on "Can't connect to Server API".
+    env = os.environ | {"PREFECT_UI_API_URL": api_url, "PREFECT_SERVER_API_PORT": str(port)}
     process = subprocess.Popen([str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                               start_new_session=True)  # its own process group: stopped as one below
+                               env=env, start_new_session=True)  # its own process group: stopped as one below
     deadline = time.monotonic() + HEALTH_TIMEOUT_S
     while time.monotonic() < deadline:
         if server_healthy(api_url):

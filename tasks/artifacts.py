@@ -72,9 +72,18 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+# MLflow 3's UI shows an experiment in its GenAI view (traces) unless the link asks for model training.
+TRAINING_VIEW = "workflowType=machine_learning"
+
+
 def mlflow_run_url(ui_url: str, experiment_id: str, run_id: str) -> str:
-    """The MLflow UI's page of a run."""
-    return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    """The MLflow UI's page of a run, in the model-training view."""
+    return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?{TRAINING_VIEW}"
+
+
+def mlflow_experiment_url(ui_url: str, experiment_id: str) -> str:
+    """The MLflow UI's table of an experiment's training runs."""
+    return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs?{TRAINING_VIEW}"
 
 
 def mlflow_ui_for(tracking_uri: str, ui_url: str | None = MLFLOW_UI_URL) -> str | None:

@@ -74,8 +74,7 @@ def run_description(config: PipelineConfig) -> str:
     """The MLflow description of a pipeline run: its preset, data, scenario, protocol and models, and the
     user's note (output.description; `itx run` writes its --set settings there)."""
     scenario = config.scenario
-    transfer = (f", {scenario.partition} transfer {scenario.source} -> {scenario.target}"
-                if scenario.partition != "none" else "")
+    transfer = f", {scenario.partition} transfer {scenario.source} -> {scenario.target}" if config.is_transfer() else ""
     models = ", ".join(model.name for model in config.models)
     text = (f"Preset {config.name}: {config.data.source} data{transfer}, split {config.split.protocol}; "
             f"models {models}.")

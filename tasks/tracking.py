@@ -31,8 +31,8 @@ def resolve_tracking_uri(cfg: TrackingConfig) -> str:
     return USER_TRACKING_URI or cfg.tracking_uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
-# MLflow 3's UI opens an experiment of unknown kind in its GenAI (traces) view, an empty page for our
-# runs; this kind opens it on the table of training runs.
+# Marks the experiment as model training, which MLflow 3's UI reads to pick its view where its global
+# GenAI / Model-training switch is off; with the switch on, links ask for the view (tasks/artifacts.py).
 DESCRIPTION_TAG = "mlflow.note.content"  # what the MLflow UI shows as a run's description
 KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
 

@@ -72,7 +72,7 @@ def test_run_summary_names_the_run_export_and_mlflow_run_and_tabulates_test_metr
     assert text.startswith("# Run `tiny-r1`")
     assert "`/runs/r1`" in text and "`gru`: top-20 recommendations, 200 rows" in text
     assert "`abc123` in experiment `interest-transfer` (id 7)" in text
-    assert ("(http://127.0.0.1:5000/#/experiments/7/runs/abc123) (while `mlflow ui --backend-store-uri "
+    assert ("(http://127.0.0.1:5000/#/experiments/7/runs/abc123?workflowType=machine_learning) (while `mlflow ui --backend-store-uri "
             "sqlite:////srv/itx-stores/mlflow.db` runs)") in text
     assert "## Test metrics at K=10" in text
     assert "| model | NDCG | HR | MRR | P | R | F1 | NDCG F | NDCG M |" in text
@@ -89,8 +89,8 @@ def test_run_summary_points_at_make_mlflow_ui_for_the_store_in_the_working_folde
 
 def test_run_summary_links_a_tracking_server_to_its_own_ui():
     text = summary(tracking_uri="http://mlflow.internal:5000/")
-    assert "(http://mlflow.internal:5000/#/experiments/7/runs/abc123)" in text
-    assert mlflow_run_url("http://h:1/", "2", "r") == "http://h:1/#/experiments/2/runs/r"
+    assert "(http://mlflow.internal:5000/#/experiments/7/runs/abc123?workflowType=machine_learning)" in text
+    assert mlflow_run_url("http://h:1/", "2", "r") == "http://h:1/#/experiments/2/runs/r?workflowType=machine_learning"
 
 
 def test_run_summary_shows_the_transfer_gain_table_when_there_is_one():

@@ -250,10 +250,12 @@ def demo_next_steps(result, config: PipelineConfig) -> str:
     runs_page = mlflow_experiment_url(MLFLOW_UI_URL, experiment_of(uri, result.mlflow_run_id)[0])
     return "\n".join([
         f"\nRegistered champion: models:/{name}@champion, in the MLflow registry at {uri}",
-        f"MLflow UI (runs, curves, registry), then open {runs_page}:",
+        "MLflow UI (runs, curves, registry):",
         f"  .venv/bin/mlflow ui --backend-store-uri {uri} --port 5000",
-        "Prefect UI (the flow runs above, a Run button for the pipeline), then open http://127.0.0.1:4200:",
+        f"  then open {runs_page}",
+        "Prefect UI (the flow runs above, a Run button for the pipeline):",
         "  .venv/bin/itx serve",
+        "  then open http://127.0.0.1:4200",
         "Serve the champion over HTTP (curl example: docs/operations.md, Serving):",
         f"  source .venv/bin/activate && MLFLOW_TRACKING_URI={uri} mlflow models serve -m models:/{name}@champion "
         "--env-manager local --port 5055",

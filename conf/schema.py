@@ -346,6 +346,8 @@ class DomainSASRecConfig(SASRecConfig):
 
     kind: Literal["domain_sasrec"] = "domain_sasrec"
     name: str = "domain_sasrec"
+    lookahead: bool = Field(True, description="Train on the next item of every domain at every position (C2DSR, "
+                            "Tri-CDR); false: on the very next item only, as SASRec, ranked within its own domain.")
 
 
 class ItemKNNConfig(Section):

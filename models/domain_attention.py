@@ -19,7 +19,8 @@ What this model adds to SASRec (models/attention.py), and nothing else:
 - Training: at every position and for every domain d, the target is the next item of domain d in the
   rest of the window (when there is one), ranked among domain d's items only (`train.loss` per
   domain: full softmax restricted to the domain, or sampled negatives drawn from it). Losses are
-  averaged over all (position, domain) targets.
+  averaged over all (position, domain) targets. With `lookahead: false` the only target of a
+  position is its very next item (as SASRec), still ranked within that item's domain.
 - A user with source-domain items only (a cold-start user) is scored from them alone: the target
   interest after a source-only history is exactly what the per-domain targets train.
 Departures from C2DSR: one shared encoder instead of its graph encoder plus three sequence encoders
@@ -67,10 +68,12 @@ class DomainSASRecRecommender(SASRecRecommender):
 
     def __init__(self, n_items: int, embedding_dim: int = 64, num_blocks: int = 2, num_heads: int = 1,
                  dropout: float = 0.2, tie_output: bool = False, learning_rate: float = 1e-3,
-                 weight_decay: float = 0.0, max_seq_len: int = 50, exclude_seen: bool = True):
+                 weight_decay: float = 0.0, max_seq_len: int = 50, exclude_seen: bool = True,
+                 lookahead: bool = True):
         super().__init__(n_items, embedding_dim, num_blocks, num_heads, dropout, tie_output, learning_rate,
                          weight_decay, max_seq_len, exclude_seen)
         self.save_hyperparameters()
+        self.lookahead = lookahead
         # Domain (role code) of every item_idx, padding 0; a buffer, so a loaded model scores without the data.
         self.register_buffer("item_domain", torch.zeros(n_items, dtype=torch.long))
         self.domain_embedding = nn.Embedding(N_DOMAINS, embedding_dim)
@@ -139,7 +142,8 @@ class DomainSASRecRecommender(SASRecRecommender):
         target_domains = self.item_domain[targets]  # [B, T]
         total, count = interest.new_zeros((), dtype=torch.float32), 0
         for domain, loss in self.domain_losses.items():
-            upcoming = next_in_domain(targets, (targets > 0) & (target_domains == domain))
+            in_domain = (targets > 0) & (target_domains == domain)
+            upcoming = next_in_domain(targets, in_domain) if self.lookahead else targets * in_domain
             labelled = (upcoming > 0) & (inputs > 0)
             positions = int(labelled.sum())
             if positions == 0:

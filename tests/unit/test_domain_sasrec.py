@@ -146,3 +146,15 @@ def test_the_next_target_item_is_learnt_at_positions_followed_by_source_items_wh
     # (a's embedding carries some of a + 10 only because later positions attend to it).
     assert first_position_target_hits(domain_aware, held_out) >= 0.95
     assert first_position_target_hits(pooled, held_out) <= 0.8
+
+
+def test_without_lookahead_only_the_very_next_item_is_a_target():
+    model = domain_model(lookahead=False)
+    sequences = planted_sequences(50, seed=0)
+    model.configure_loss(TrainConfig(loss="full"), sequences)
+    inputs, targets = torch.tensor([[3, 4, 5]]), torch.tensor([[4, 5, 13]])
+    _, labelled_positions = model.next_item_training_loss((inputs, targets))
+    assert labelled_positions == 3  # one target per position: 4, 5, 13
+    lookahead = domain_model()
+    lookahead.configure_loss(TrainConfig(loss="full"), sequences)
+    assert lookahead.next_item_training_loss((inputs, targets))[1] == 5  # plus 13 as the next target item at 3 and 4

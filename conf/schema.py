@@ -148,7 +148,8 @@ class EventLogConfig(Section):
     keep_events: list[str] | None = Field(None, description="Keep only these event types (needs columns.event).")
     items: str | None = Field(None, description="Optional item table: item id column plus title/category/domain.")
     item_columns: dict[str, str] = Field(
-        default_factory=dict, description="Map of pipeline names (item_id, title, category, domain) to item-table columns."
+        default_factory=dict, description="Map of pipeline names (item_id, title, category, domain) to item-table "
+        "columns; a column already named title, category or domain is used without being mapped."
     )
     users: str | None = Field(None, description="Optional user table: user id column plus attributes.")
     user_id_column: str = Field("user_id", description="User id column of the user table.")
@@ -608,6 +609,10 @@ class RegistryConfig(Section):
     tolerance: float = Field(
         0.0, ge=0, description="Promote when candidate >= champion - tolerance on the gate metric (test split, "
         "both models scored on the same users).",
+    )
+    max_request_bytes: int = Field(
+        1_000_000, ge=1_000, description="Largest request a registered version answers when served: bytes of "
+        "item ids over all rows; a larger one is refused (HTTP 400) before it is scored.",
     )
 
 

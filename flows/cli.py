@@ -4,7 +4,7 @@
   itx demo [--output-dir DIR]        the synthetic shop (metrics per user group, recommendations with
                                      their reasons, the registered champion), then a transfer run with
                                      its transfer-gain report
-  itx validate [CONFIG] [--set ...]  check a config and print it resolved
+  itx validate [CONFIG] [--set ...] [--check-data]  check a config (and its inputs) and print it resolved
   itx retrain [CONFIG] --new-events PATH [--finetune-epochs N] [--force] [--set ...]
                                      append new events, fine-tune the registered champion, gate, promote
   itx serve [CONFIG] [--port 4200] [--cron "0 3 * * *"] [--new-events PATH]
@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
                              help="override a config value, e.g. --set train.max_epochs=5 (repeatable)")
         command.add_argument("--output-dir", help="root folder for run folders (output.root)")
         command.add_argument("--run-name", help="run folder name (output.run_name)")
+    commands.choices["validate"].add_argument("--check-data", action="store_true",
+                                              help="also check what the config refers to (input files, text model, "
+                                              "output folder, pseudonym key) as `itx run` does before it starts")
     commands.choices["run"].add_argument("--refresh-cache", action="store_true",
                                          help="recompute every stage instead of reusing cached results")
     retrain = commands.add_parser("retrain", help="append new events and fine-tune the registered champion")
@@ -193,11 +196,19 @@ def without_heartbeats_on_a_temporary_server():
     return temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
 
 
-def run_pipeline(config: PipelineConfig):
-    """Check the input data, then run the pipeline flow (a temporary Prefect server starts if none is configured)."""
+def check_inputs(config: PipelineConfig) -> None:
+    """What the config refers to (output folder, pseudonym key, text model) and its input data, checked
+    without creating anything: bad settings and bad input fail in seconds, before Prefect, MLflow or a run folder."""
     from tasks.ingestion import check_source
+    from tasks.preflight import check_references
 
-    check_source(config.data, config.seed)  # bad input fails in seconds, before Prefect, MLflow or a run folder
+    check_references(config)
+    check_source(config.data, config.seed)
+
+
+def run_pipeline(config: PipelineConfig):
+    """Check the inputs, then run the pipeline flow (a temporary Prefect server starts if none is configured)."""
+    check_inputs(config)
     wait_for_prefect = start_prefect_in_background()
     from flows.pipeline import pipeline_flow
 
@@ -300,7 +311,10 @@ def main(argv: list[str] | None = None) -> int:
     console = Console() if sys.stdout.isatty() else Console(width=160)
     try:
         if args.command == "validate":
-            console.print(dump_config(config_from_args(args)), end="", markup=False, highlight=False)
+            config = config_from_args(args)
+            if args.check_data:
+                check_inputs(config)
+            console.print(dump_config(config), end="", markup=False, highlight=False)
             return 0
         if args.command == "retrain":
             return retrain(args, console)

@@ -15,8 +15,9 @@ from flows.training import training_flow
 from tasks.export import ExportedRecommendations
 from tasks.artifacts import publish_artifacts
 from tasks.io import TableRef, open_cache_dir
-from tasks.privacy import pseudonym_key_id
+from tasks.preflight import check_references
 from tasks.preprocessing import PreparedData
+from tasks.registry import promote_model, undo_change
 from tasks.runs import close_run, fail_run, name_after_run_folder, open_run
 
 
@@ -35,22 +36,27 @@ class PipelineResult:
 @flow(name="interest-transfer", flow_run_name=name_after_run_folder, log_prints=True)
 def pipeline_flow(config: PipelineConfig) -> PipelineResult:
     """Run every stage on the configured data; outputs go to <output.root>/<run name>/."""
-    pseudonym_key_id(config.privacy)  # a missing pseudonym key stops the run before anything is created
+    check_references(config)  # a missing pseudonym key, text model or output folder: before anything is created
     # Data first: bad input fails here, before a run folder or an MLflow run exists.
     prepared = data_flow(config, open_cache_dir(Path(config.output.root).resolve() / "cache"))
     run = open_run(config, flow_run.get_id(), flow_run.get_name())
+    change = None  # what this run registered: withdrawn if anything fails before the run's end
     try:
         with shared_task_runner(config.execution) as runner:  # one Dask cluster (or thread) for both stages
             trained = training_flow.with_options(task_runner=runner)(config, prepared, run)
             metrics = evaluation_flow.with_options(task_runner=runner)(config, prepared, trained, run)
         exported = export_flow(config, prepared, trained, metrics, run)
         if config.registry.enabled:
-            registration_flow(config, prepared, trained, exported, run)
+            change = registration_flow(config, prepared, trained, exported, run)
         close_run(run, metrics, exported, prepared)
-        summary = publish_artifacts(run, config, metrics, exported)  # last: it reads the finished run folder
+        summary = publish_artifacts(run, config, metrics, exported)  # it reads the finished run folder
+        if change is not None:  # last: the champion changes only once everything else has succeeded
+            promote_model(run.tracking_uri, change)
         get_run_logger().info(summary)  # the flow run's log ends with its summary
-    except BaseException:
-        fail_run(run)
+    except BaseException as error:
+        if change is not None:
+            undo_change(run.tracking_uri, change)  # a plain call: no task machinery while failing
+        fail_run(run, error)
         raise
     return PipelineResult(run.run_dir, run.mlflow_run_id, run.tracking_uri, metrics, exported, prepared)
 

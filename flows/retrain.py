@@ -16,9 +16,10 @@ from tasks.gate import GateDecision
 from tasks.ingestion import ingest, source_fingerprint
 from tasks.io import open_cache_dir
 from tasks.preprocessing import check_catalogue_size, preprocess
+from tasks.preflight import check_references
 from tasks.privacy import pseudonym_key_id
 from tasks.promotion import champion_model_config, gate, record_decision
-from tasks.registry import fetch_champion, promote_model, register_model, registered_name
+from tasks.registry import fetch_champion, promote_model, register_model, registered_name, undo_change
 from tasks.retraining import close_retrain, finetune
 from tasks.runs import fail_run, log_metrics, name_after_run_folder, open_run
 from tasks.tracking import resolve_tracking_uri
@@ -40,6 +41,7 @@ def retrain_flow(config: PipelineConfig, new_events: EventLogConfig | None = Non
     """Append new events (a file, or each new file of a folder) to the event store, fine-tune the registered
     champion on the grown log for at most `finetune_epochs`, and promote the result only if it is not worse
     than the champion on held-out data. Without new events nothing is trained unless `force` is set."""
+    check_references(config)  # before anything is created
     root = Path(config.output.root).resolve()
     cache = open_cache_dir(root / "cache")
     name = registered_name(config)
@@ -61,6 +63,7 @@ def retrain_flow(config: PipelineConfig, new_events: EventLogConfig | None = Non
         return RetrainResult(0, None, None, None)
 
     run = open_run(config, flow_run.get_id(), flow_run.get_name())
+    change = None  # what this run registered: withdrawn if anything fails before the run's end
     try:
         prepared = preprocess(update.raw, config.preprocess, config.split, config.scenario,
                               config.evaluation.group_attribute, run.cache, config.seed)
@@ -75,16 +78,20 @@ def retrain_flow(config: PipelineConfig, new_events: EventLogConfig | None = Non
         decision = gate(candidate, champion, prepared, config)
         version, exported = None, None
         if decision.promoted:
-            published = register_model(candidate, prepared, config.train.max_seq_len, run.run_dir / "model",
-                                       run.tracking_uri, run.mlflow_run_id, name,
-                                       {"run_name": run.name, "gate": decision.reason, "update": "incremental"})
-            promote_model(run.tracking_uri, published, config.registry.alias)
-            version = published.version
+            change = register_model(candidate, prepared, config.train.max_seq_len, run.run_dir / "model",
+                                    run.tracking_uri, run.mlflow_run_id, name, config.registry.alias,
+                                    {"run_name": run.name, "gate": decision.reason, "update": "incremental"},
+                                    config.registry.max_request_bytes)
+            version = change.published.version
             exported = export(prepared, [candidate], metrics, config.export, config.train.max_seq_len, run.run_dir)
         record_decision(run, decision, version)
         close_retrain(run, metrics, exported, prepared, update)
-    except BaseException:
-        fail_run(run)
+        if change is not None:  # last: the champion changes only once everything else has succeeded
+            promote_model(run.tracking_uri, change)
+    except BaseException as error:
+        if change is not None:
+            undo_change(run.tracking_uri, change)  # a plain call: no task machinery while failing
+        fail_run(run, error)
         raise
     print(f"gate ({decision.metric}): {decision.reason} -> "
           f"{'promoted as version ' + version if version else 'champion kept'}")

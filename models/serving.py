@@ -46,6 +46,8 @@ DEFAULT_K = 10
 MAX_ROWS = 10_000  # rows per request: bounds the memory of one scoring call
 BATCH_SIZE = 256  # rows scored at once ([B, n_items] floats)
 MAX_NAMED_UNKNOWN = 5  # unknown ids quoted in an error message
+MAX_QUOTED = 40  # characters of anything sent that an error message quotes back
+MAX_REQUEST_BYTES = 1_000_000  # item id bytes per request, unless the package says (registry.max_request_bytes)
 
 # What the model files hold; `package_model` in tasks/registry.py writes them.
 MODEL_ARTIFACT, ITEMS_ARTIFACT, META_ARTIFACT = "model", "items", "meta"
@@ -97,6 +99,29 @@ def check_k(k: Any, rankable: int) -> int:
     return int(k)
 
 
+def quoted(value: Any) -> str:
+    """repr(value), cut to MAX_QUOTED characters: an error never echoes a huge request back."""
+    text = repr(value)
+    return text if len(text) <= MAX_QUOTED else f"{text[:MAX_QUOTED]}... ({len(text)} characters)"
+
+
+def request_bytes(frame: pd.DataFrame) -> int:
+    """UTF-8 bytes of the item ids (or of whatever else was sent) in the history columns of every row."""
+    total = 0
+    for column in ("history", "source_history"):
+        if column in frame.columns:
+            for cell in frame[column]:
+                parts = cell if isinstance(cell, (list, tuple, np.ndarray)) else [cell]
+                total += sum(len(str(part).encode("utf-8", "surrogatepass")) for part in parts)
+    return total
+
+
+def check_request_size(frame: pd.DataFrame, max_bytes: int) -> None:
+    if (size := request_bytes(frame)) > max_bytes:
+        raise InvalidRequest(f"request too large: {size} bytes of item ids; at most {max_bytes} per request "
+                             "(registry.max_request_bytes when the model was registered): split it")
+
+
 def check_rows(frame: pd.DataFrame, max_rows: int = MAX_ROWS) -> None:
     """InvalidRequest unless the frame has 1..max_rows rows and a `history` column."""
     if "history" not in frame.columns:
@@ -116,12 +141,12 @@ def as_id_list(value: Any, column: str, row: int, optional: bool = False) -> lis
         raise InvalidRequest(f"row {row}: '{column}' is missing; expected a list of item id strings")
     if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple, np.ndarray)):
         raise InvalidRequest(f"row {row}: '{column}' must be a list of item id strings, got {type(value).__name__} "
-                             f"{str(value)[:50]!r}")
+                             f"{quoted(value)}")
     items = list(value)
     wrong = [item for item in items if not isinstance(item, str)]
     if wrong:
         raise InvalidRequest(f"row {row}: '{column}' must hold item id strings, got {type(wrong[0]).__name__} "
-                             f"{wrong[0]!r} (write ids as JSON strings, e.g. \"{wrong[0]}\")")
+                             f"{quoted(wrong[0])} (write ids as JSON strings, e.g. \"1234\")")
     return items
 
 
@@ -129,7 +154,7 @@ def check_known(ids: Sequence[str], index: Mapping[str, int], row: int) -> None:
     """InvalidRequest naming up to MAX_NAMED_UNKNOWN ids missing from the catalogue, and how many."""
     unknown = list(dict.fromkeys(item for item in ids if item not in index))
     if unknown:
-        named = ", ".join(repr(item) for item in unknown[:MAX_NAMED_UNKNOWN])
+        named = ", ".join(quoted(item) for item in unknown[:MAX_NAMED_UNKNOWN])
         more = f" (and {len(unknown) - MAX_NAMED_UNKNOWN} more)" if len(unknown) > MAX_NAMED_UNKNOWN else ""
         raise InvalidRequest(f"row {row}: {len(unknown)} unknown item id(s), not in the model's catalogue: "
                              f"{named}{more}")
@@ -148,10 +173,11 @@ def model_sequence(history: Sequence[str], source_history: Sequence[str], reads:
     return [item for item in chosen if roles[item] == reads]
 
 
-def encode_requests(frame: pd.DataFrame, catalogue: Catalogue, reads: str,
-                    max_rows: int = MAX_ROWS) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def encode_requests(frame: pd.DataFrame, catalogue: Catalogue, reads: str, max_rows: int = MAX_ROWS,
+                    max_bytes: int = MAX_REQUEST_BYTES) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """(item_idx the model reads [per row], item_idx seen by the user [per row]), validated; else InvalidRequest."""
     check_rows(frame, max_rows)
+    check_request_size(frame, max_bytes)
     index = catalogue.index()
     roles = dict(zip(catalogue.item_ids, catalogue.roles))
     has_source = "source_history" in frame.columns
@@ -212,13 +238,19 @@ def top_k(model: Recommender, read: list[np.ndarray], seen: list[np.ndarray], k:
 
 
 def recommend(model: Recommender, catalogue: Catalogue, frame: pd.DataFrame, k: int, reads: str,
-              max_seq_len: int, max_rows: int = MAX_ROWS, evidence: Evidence | None = None) -> pd.DataFrame:
+              max_seq_len: int, max_rows: int = MAX_ROWS, evidence: Evidence | None = None,
+              max_bytes: int = MAX_REQUEST_BYTES) -> pd.DataFrame:
     """One row per request row: item_ids (list[str]) and scores (list[float]) of its top k, and per item
-    reason_item_ids (list[list[str]]) and reason_scores (list[list[float]]); else InvalidRequest."""
+    reason_item_ids (list[list[str]]) and reason_scores (list[list[float]]); else InvalidRequest, also
+    when a row's history has seen every item the model can recommend."""
     k = check_k(k, catalogue.n_items - 1)
-    read, seen = encode_requests(frame, catalogue, reads, max_rows)
+    read, seen = encode_requests(frame, catalogue, reads, max_rows, max_bytes)
     ids = np.asarray(catalogue.item_ids, dtype=object)
     ranked = top_k(model, read, seen, k, max_seq_len, evidence=evidence)
+    for row, answer in enumerate(ranked):
+        if len(answer.items) == 0:
+            raise InvalidRequest(f"row {row}: nothing left to recommend: the history has seen every item this "
+                                 f"model can recommend ({len(np.unique(seen[row]))} distinct items seen)")
     return pd.DataFrame({  # item_idx starts at 1
         "item_ids": [ids[row.items - 1].tolist() for row in ranked],
         "scores": [row.scores.astype(float).tolist() for row in ranked],
@@ -289,6 +321,7 @@ class TopKRecommender(mlflow.pyfunc.PythonModel):
         k = (params or {}).get("k", self.meta.get("default_k", DEFAULT_K))
         try:
             return recommend(self.model, self.catalogue, as_frame(model_input), k, self.meta.get("reads", "all"),
-                             self.max_seq_len, evidence=self.evidence)
+                             self.max_seq_len, evidence=self.evidence,
+                             max_bytes=int(self.meta.get("max_request_bytes", MAX_REQUEST_BYTES)))
         except InvalidRequest as error:
             raise MlflowException.invalid_parameter_value(str(error)) from None

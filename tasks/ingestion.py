@@ -26,11 +26,20 @@ from tasks.synthetic import generate_shop
 
 @dataclass(frozen=True)
 class RawTables:
-    """References to the ingested raw tables."""
+    """References to the ingested raw tables, and where they came from (for messages)."""
 
     interactions: TableRef
     items: TableRef
     users: TableRef
+    origin: str = ""  # the input the adapter read (a file, a folder, data.source=synthetic); "": the tables
+
+    def source_of(self, table: TableRef) -> str:
+        """What an error about `table` names: the user's input, not the ingested copy in the cache."""
+        if not self.origin:
+            return table.path
+        if table is self.interactions:
+            return self.origin
+        return f"{self.origin} ({'users' if table is self.users else 'items'} table)"
 
 
 def load_synthetic(cfg: DataConfig, seed: int) -> RawFrames:
@@ -76,13 +85,17 @@ def validate_raw(interactions: pl.DataFrame | pl.LazyFrame, items: pl.DataFrame 
     schemas.check_schema(items.collect_schema(), schemas.ITEMS, "items", origin)
     schemas.check_schema(users.collect_schema(), schemas.USERS, "users", origin)
     counts = interactions.select(
-        pl.len().alias("rows"), *(pl.col(c).null_count().alias(c) for c in ("user_id", "item_id", "timestamp"))
+        pl.len().alias("rows"), *(pl.col(c).null_count().alias(c) for c in ("user_id", "item_id", "timestamp")),
+        (pl.col("timestamp") < 0).sum().alias("negative"), pl.col("timestamp").min().alias("earliest"),
     ).collect(engine="streaming").row(0, named=True)
     if counts["rows"] == 0:
         raise schemas.DataError(f"{origin}: interactions table is empty (expected at least one row)")
     for column in ("user_id", "item_id", "timestamp"):
         if counts[column]:
             raise schemas.DataError(f"{origin}: interactions column '{column}' has {counts[column]} empty values")
+    if counts["negative"]:
+        raise schemas.DataError(f"{origin}: interactions column 'timestamp' has {counts['negative']} negative values "
+                                f"(the smallest {counts['earliest']}); expected seconds since 1970, or positions, >= 0")
 
 
 def check_source(cfg: DataConfig, seed: int) -> None:
@@ -124,6 +137,7 @@ def ingest_dataset(cfg: DataConfig, seed: int, cache_root: Path, privacy: Privac
         interactions=sink_parquet(frames.interactions, out_dir / "interactions.parquet"),
         items=sink_parquet(frames.items, out_dir / "items.parquet"),
         users=sink_parquet(frames.users, out_dir / "users.parquet"),
+        origin=frames.origin,
     )
 
 

@@ -31,6 +31,7 @@ from tasks.io import CacheDir, TableRef, fingerprint_text, read_table, scan_tabl
 from tasks.schemas import DataError
 
 log = logging.getLogger(__name__)
+UNKNOWN_GROUP = "unknown"  # the group of a user whose grouping attribute is missing
 
 # Last sort key of every per-user time order (see add_tie_break); it never reaches the written tables.
 TIE = "_tie"
@@ -255,7 +256,7 @@ def check_core_not_empty(n_events: int, raw: RawTables, preprocess: PreprocessCo
     """Raise DataError when the rating filter and k-core left no interaction."""
     if n_events == 0:
         raise DataError(
-            f"{raw.interactions.path}: no interactions left after preprocess.min_rating="
+            f"{raw.source_of(raw.interactions)}: no interactions left after preprocess.min_rating="
             f"{preprocess.min_rating} and preprocess.k_core={preprocess.k_core}; lower them"
         )
 
@@ -269,12 +270,12 @@ def check_split_not_empty(labels: set[str], n_events: int, groups: pl.DataFrame 
     if split.protocol == "user_groups":
         for name, wanted in (("valid", split.valid_groups), ("test", split.test_groups)):
             if name not in labels:
-                raise DataError(f"{raw.users.path}: no user of split.{name}_groups {wanted} in column "
+                raise DataError(f"{raw.source_of(raw.users)}: no user of split.{name}_groups {wanted} in column "
                                 f"'{split.user_group_column}'; values present: "
                                 f"{sorted(groups['_group'].drop_nulls().unique().to_list())}")
     if n_events == 0:
         raise DataError(
-            f"{raw.interactions.path}: no user has the {2 * split.holdout_size() + 1} interactions that "
+            f"{raw.source_of(raw.interactions)}: no user has the {2 * split.holdout_size() + 1} interactions that "
             f"split.protocol={split.protocol} needs"
         )
 
@@ -294,6 +295,29 @@ def apply_renumbering(frame: pl.DataFrame, renumber: pl.DataFrame) -> pl.DataFra
             .rename({"new_idx": "user_idx"}))
 
 
+def with_unknown_groups(users: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
+    """`users` with a missing value of each grouping column replaced by UNKNOWN_GROUP (the column as text),
+    said in a warning: a user absent from the users table, or without that attribute, is a group of its own."""
+    for column in dict.fromkeys(columns):
+        missing = users[column].null_count() if column in users.columns else 0
+        if missing:
+            examples = users.filter(pl.col(column).is_null())["user_id"].head(3).to_list()
+            log.warning("users table: %d of %d users have no '%s' (no row in the users table, or no value there; "
+                        "e.g. %s): their group is '%s'", missing, users.height, column, examples, UNKNOWN_GROUP)
+            users = users.with_columns(pl.col(column).cast(pl.String).fill_null(UNKNOWN_GROUP))
+    return users
+
+
+def warn_items_without_titles(items: pl.DataFrame) -> None:
+    """Say how many items of the events have no title when others have one (explanations and text models
+    then show their ids); a dataset without any titles is not warned about."""
+    missing = items["title"].null_count() if "title" in items.columns else 0
+    if 0 < missing < items.height:
+        examples = items.filter(pl.col("title").is_null())["item_id"].head(3).to_list()
+        log.warning("items table: %d of %d items of the events have no title (no row in the items table, or no "
+                    "value there; e.g. %s): their id stands in for it", missing, items.height, examples)
+
+
 def describe_users_and_items(user_map: pl.DataFrame, item_map: pl.DataFrame, users_raw: pl.DataFrame,
                              raw: RawTables, scenario: ScenarioConfig,
                              group_attribute: str | None) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -301,7 +325,11 @@ def describe_users_and_items(user_map: pl.DataFrame, item_map: pl.DataFrame, use
     items_raw = pl.read_parquet(raw.items.path)
     users = user_map.join(users_raw, on="user_id", how="left").sort("user_idx")
     items = item_map.join(items_raw, on="item_id", how="left").sort("item_idx")
-    check_partition(users, items, scenario, group_attribute, origin=raw.users.path)
+    grouping = ([scenario.attribute] if scenario.partition == "user_group" else []) + (
+        [group_attribute] if group_attribute is not None and group_attribute != "target_domain" else [])
+    users = with_unknown_groups(users, grouping)
+    warn_items_without_titles(items)
+    check_partition(users, items, scenario, group_attribute, origin=raw.source_of(raw.users))
     return assign_roles(users, items, scenario)
 
 
@@ -348,7 +376,7 @@ def prepare_data(
     check_core_not_empty(cored.height, raw, preprocess)
     user_map, item_map = index_ids(cored, "user_id"), index_ids(cored, "item_id")
     users_raw = pl.read_parquet(raw.users.path)
-    groups = user_groups_of(user_map, users_raw, split, raw.users.path)
+    groups = user_groups_of(user_map, users_raw, split, raw.source_of(raw.users))
     events = split_events(index_events(cored, user_map, item_map), split, groups)
     labels = set(events["split"].unique().to_list()) if groups is not None else set()  # only user_groups checks them
     check_split_not_empty(labels, events.height, groups, split, raw)

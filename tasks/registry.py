@@ -13,6 +13,11 @@ Plain functions, in the order a run uses them:
 and a gate reads the current champion with `champion_version`, `download_champion` + `read_package`
 (model file, catalogue, meta) or `load_champion_pyfunc`. Flows use the Prefect tasks at the bottom
 (`fetch_champion`, `register_model`, `promote_model`), which retry: the registry is an outside service.
+
+A run changes the registry as one unit (docs/guarantees.md): it registers its version while the run
+is still open, moves the alias as its very last step, and on any failure after registering calls
+`undo_change`, which points the alias back at the version it held before (`RegistryChange.previous`)
+and deletes the run's version. So a failed run leaves the registry as it found it.
 """
 from __future__ import annotations
 
@@ -39,8 +44,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from conf.schema import PipelineConfig
-from models.serving import (DEFAULT_K, INPUT_DESCRIPTION, ITEMS_ARTIFACT, META_ARTIFACT, MODEL_ARTIFACT,
-                            read_catalogue, signature)
+from models.serving import (DEFAULT_K, INPUT_DESCRIPTION, ITEMS_ARTIFACT, MAX_REQUEST_BYTES, META_ARTIFACT,
+                            MODEL_ARTIFACT, read_catalogue, signature)
 from tasks import schemas
 from tasks.io import read_table, write_json
 from tasks.preprocessing import PreparedData
@@ -63,6 +68,16 @@ SERVING_PACKAGES = ["mlflow", "torch", "pytorch-lightning", "transformers", "sci
 def serving_requirements() -> list[str]:
     """SERVING_PACKAGES pinned to the installed versions (without local tags such as +cpu, unknown to PyPI)."""
     return [f"{name}=={metadata.version(name).split('+')[0]}" for name in SERVING_PACKAGES]
+
+
+@dataclass(frozen=True)
+class RegistryChange:
+    """What one run did to the registry, enough to undo it: the version it registered, and the alias it
+    moved there from `previous` (the champion before the run; None when there was none)."""
+
+    published: PublishedModel
+    alias: str
+    previous: str | None
 
 
 @dataclass(frozen=True)
@@ -90,7 +105,7 @@ def registered_name(config: PipelineConfig) -> str:
 
 
 def package_model(trained: TrainedModel, prepared: PreparedData, max_seq_len: int, dest: Path,
-            default_k: int = DEFAULT_K) -> dict[str, str]:
+                  default_k: int = DEFAULT_K, max_request_bytes: int = MAX_REQUEST_BYTES) -> dict[str, str]:
     """Write model.pt, items.json and meta.json into dest; the pyfunc's artifacts mapping (name -> path)."""
     dest.mkdir(parents=True, exist_ok=True)
     model_file = dest / "model.pt"
@@ -102,7 +117,8 @@ def package_model(trained: TrainedModel, prepared: PreparedData, max_seq_len: in
     meta = {"name": trained.name, "kind": trained.kind, "reads": trained.reads, "max_seq_len": max_seq_len,
             "default_k": default_k, "n_items": prepared.n_items, "model_fingerprint": trained.model_file.fingerprint,
             "items_fingerprint": prepared.items.fingerprint, "training_run_id": trained.training_run_id,
-            "train_on": trained.train_on, "target_fraction": trained.target_fraction}
+            "train_on": trained.train_on, "target_fraction": trained.target_fraction,
+            "max_request_bytes": max_request_bytes}
     write_json(meta, dest / "meta.json")
     return {MODEL_ARTIFACT: str(model_file), ITEMS_ARTIFACT: str(dest / "items.json"),
             META_ARTIFACT: str(dest / "meta.json")}
@@ -167,6 +183,25 @@ def set_alias(tracking_uri: str, name: str, alias: str, version: str) -> None:
     log.info("alias %s@%s -> version %s", name, alias, version)
 
 
+def undo_change(tracking_uri: str, change: RegistryChange) -> None:
+    """Put the registry back as it was before `change`: the alias on its previous version (or removed
+    when there was none), if it still points at the run's version, and the run's version deleted."""
+    client, name = MlflowClient(tracking_uri), change.published.name
+    current = champion_version(tracking_uri, name, change.alias)
+    if current is not None and str(current.version) == change.published.version:
+        if change.previous is not None:
+            client.set_registered_model_alias(name, change.alias, change.previous)
+        else:
+            client.delete_registered_model_alias(name, change.alias)
+    try:
+        client.delete_model_version(name, change.published.version)
+    except MlflowException as error:
+        if error.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            raise
+    log.warning("registry: withdrew %s version %s (alias %s back on %s)", name, change.published.version,
+                change.alias, change.previous or "no version")
+
+
 def champion_version(tracking_uri: str, name: str, alias: str = "champion") -> ModelVersion | None:
     """The version the alias points at; None when the registered model or the alias does not exist."""
     try:
@@ -225,17 +260,21 @@ def load_champion_pyfunc(tracking_uri: str, name: str, alias: str, dest: Path) -
 
 @task(name="register-model", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def register_model(trained: TrainedModel, prepared: PreparedData, max_seq_len: int, dest: Path, tracking_uri: str,
-                   run_id: str, name: str, tags: dict[str, Any] | None = None) -> PublishedModel:
-    """Prefect task: package the model, log it to the run and register it as a new version (no alias)."""
-    artifacts = package_model(trained, prepared, max_seq_len, dest)
+                   run_id: str, name: str, alias: str, tags: dict[str, Any] | None = None,
+                   max_request_bytes: int = MAX_REQUEST_BYTES) -> RegistryChange:
+    """Prefect task: package the model, log it to the run and register it as a new version, the alias not
+    moved yet; the change, for `promote_model` at the run's end or `undo_change` on a failure."""
+    previous = champion_version(tracking_uri, name, alias)
+    artifacts = package_model(trained, prepared, max_seq_len, dest, max_request_bytes=max_request_bytes)
     model_uri = log_recommender(tracking_uri, run_id, artifacts)
-    return PublishedModel(name=name, version=register(tracking_uri, model_uri, name, tags), model_uri=model_uri)
+    published = PublishedModel(name=name, version=register(tracking_uri, model_uri, name, tags), model_uri=model_uri)
+    return RegistryChange(published, alias, None if previous is None else str(previous.version))
 
 
 @task(name="promote-model", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def promote_model(tracking_uri: str, published: PublishedModel, alias: str) -> None:
-    """Prefect task: point the alias at the published version."""
-    set_alias(tracking_uri, published.name, alias, published.version)
+def promote_model(tracking_uri: str, change: RegistryChange) -> None:
+    """Prefect task: point the alias at the run's version (a run's last step)."""
+    set_alias(tracking_uri, change.published.name, change.alias, change.published.version)
 
 
 @task(name="fetch-champion", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)

@@ -5,7 +5,9 @@ Output contract of a run folder (scripts and schedulers rely on it):
   metrics.csv               scenario, model, split, group, metric, k, value
   recommendations.parquet   user_id, item_id, rank, score, reason_item_ids, reason_scores
                             (and .csv, reasons ';'-joined)
-  run.json                  MLflow run id and tracking URI, paths, counts
+  run.json                  MLflow run id and tracking URI, paths, counts (only once the run has succeeded)
+  failed.json               instead of run.json when the run failed, was interrupted or was killed:
+                            status (failed | interrupted | killed), error, mlflow_run_id
   transfer_gain.csv         transfer runs: scenario, model, model_role, target_fraction, subset, metric, k,
                             value, baseline_model, baseline_role, baseline_value, rel_gain, ci_low, ci_high,
                             n_users (one row per baseline of transfer.compare_to)
@@ -41,6 +43,7 @@ from tasks.transfer_report import format_gain_tables, plot_gain, transfer_gain_t
 
 TRANSFER_GAIN_FILE = "transfer_gain.csv"
 METRICS_PLOT_FILE = "test_metrics.png"
+FAILED_FILE = "failed.json"
 
 
 @dataclass(frozen=True)
@@ -130,7 +133,9 @@ def open_run_folder(config: PipelineConfig, flow_run_id: str | None = None,
         "git_commit": tracking.git_commit(),
         "run_dir": str(run_dir),
     } | ({"prefect_flow_run_id": flow_run_id} if flow_run_id else {})
+    tags |= tracking.owner_tags()
     with store_setup_lock(uri):
+        mark_killed_runs(uri, config.tracking.experiment)
         parent = tracking.start_run(uri, config.tracking.experiment, name,
                                     tracking.flatten(config.model_dump(mode="json")),
                                     tags | {tracking.DESCRIPTION_TAG: run_description(config)})
@@ -221,10 +226,32 @@ def close_run_folder(run: RunContext, metrics: TableRef, exported: ExportedRecom
     return run_json
 
 
-def fail_run(run: RunContext) -> None:
-    """Mark the run's MLflow runs FAILED (the folder keeps what was written, all of it complete files)."""
+def mark_run_folder(run_dir: Path, status: str, error: str, mlflow_run_id: str) -> Path:
+    """Mark a run folder as not finished: failed.json in place of run.json (which only a success leaves)."""
+    (run_dir / "run.json").unlink(missing_ok=True)
+    return write_json({"status": status, "error": error, "mlflow_run_id": mlflow_run_id,
+                       "resume": "run the same command again: finished stages come from the cache"},
+                      run_dir / FAILED_FILE)
+
+
+def fail_run(run: RunContext, error: BaseException | None = None) -> None:
+    """Mark the run's MLflow runs FAILED (KILLED when interrupted) and its folder failed (or interrupted);
+    the folder keeps what was written, all of it complete files."""
+    interrupted = isinstance(error, KeyboardInterrupt | SystemExit)
+    mark_run_folder(run.run_dir, "interrupted" if interrupted else "failed",
+                    f"{type(error).__name__}: {error}" if error is not None else "", run.mlflow_run_id)
     for run_id in [*run.model_run_ids.values(), run.mlflow_run_id]:
-        tracking.end_run(run.tracking_uri, run_id, "FAILED")
+        tracking.end_run(run.tracking_uri, run_id, "KILLED" if interrupted else "FAILED")
+
+
+def mark_killed_runs(tracking_uri: str, experiment: str) -> None:
+    """Close the runs whose process died without closing them (tracking.mark_dead_runs_killed) and mark
+    their folders killed."""
+    for dead in tracking.mark_dead_runs_killed(tracking_uri, experiment):
+        run_dir = Path(dead.data.tags.get("run_dir", ""))
+        is_pipeline_run = "mlflow.parentRunId" not in dead.data.tags
+        if is_pipeline_run and run_dir.is_dir() and not (run_dir / FAILED_FILE).exists():
+            mark_run_folder(run_dir, "killed", "the process ended without closing the run (killed)", dead.info.run_id)
 
 
 def record_plots(run: RunContext, metrics: TableRef) -> Path:

@@ -151,7 +151,7 @@ def prepare_data_streaming(
         check_core_not_empty(user_counts.height, raw, preprocess)
         user_map, item_map = index_ids(user_counts, "user_id"), index_ids(item_counts, "item_id")
         users_raw = pl.read_parquet(raw.users.path)
-        groups = user_groups_of(user_map, users_raw, split, raw.users.path)
+        groups = user_groups_of(user_map, users_raw, split, raw.source_of(raw.users))
 
         # Bucket by bucket in user order, so the renumbered user_idx run on from one bucket to the next.
         event_parts, sequence_parts, renumbers, labels = [], [], [], set()

@@ -6,18 +6,20 @@ worker threads, where MLflow's fluent active-run stack would not be shared.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.tracking import MlflowClient
 
 from conf.schema import TrackingConfig
 
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
 BATCH_LIMIT = 100  # MLflow's limit on params per log_batch call
+OWNER_HOST_TAG, OWNER_PID_TAG = "itx.host", "itx.pid"  # the process that opened a run (owner_tags)
 
 
 # The user's MLFLOW_TRACKING_URI, read once at import: MLflow's own `set_tracking_uri` (which Lightning's
@@ -122,6 +124,40 @@ def log_files(tracking_uri: str, run_id: str, paths: Iterable[Path], artifact_pa
 def end_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:
     """Mark a run FINISHED or FAILED."""
     MlflowClient(tracking_uri).set_terminated(run_id, status)
+
+
+def owner_tags() -> dict[str, str]:
+    """Tags naming the process that owns a run, so a later run can tell when it died without closing it."""
+    return {OWNER_HOST_TAG: socket.gethostname(), OWNER_PID_TAG: str(os.getpid())}
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def mark_dead_runs_killed(tracking_uri: str, experiment: str) -> list[Run]:
+    """End as KILLED the RUNNING runs of `experiment` whose owner process on this host is gone (a run
+    killed by SIGKILL or a power cut never closes its runs); those runs. Runs owned by other hosts, or
+    by a live process, are left alone: they may still be working."""
+    client = MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    host = socket.gethostname().replace("'", "")
+    stale = [run for run in client.search_runs([found.experiment_id],
+                                               f"attributes.status = 'RUNNING' and tags.`{OWNER_HOST_TAG}` = '{host}'",
+                                               max_results=1000)
+             if run.data.tags.get(OWNER_PID_TAG, "").isdigit()
+             and not process_alive(int(run.data.tags[OWNER_PID_TAG]))]
+    for run in stale:
+        client.set_terminated(run.info.run_id, "KILLED")
+    return stale
 
 
 def log_table(tracking_uri: str, run_id: str, table, artifact_file: str) -> None:

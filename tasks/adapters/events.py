@@ -313,7 +313,9 @@ def attach_item_table(items: pl.LazyFrame, cfg: EventLogConfig) -> pl.LazyFrame:
         )
     else:
         table = scan_table(Path(cfg.items).expanduser(), cfg, "data.events.items")
-        mapping = {"item_id": "item_id", **cfg.item_columns}
+        # A column named title, category or domain is used as such unless item_columns maps another one.
+        same_named = {key: key for key in ("title", "category", "domain") if key in table.schema}
+        mapping = {"item_id": "item_id", **same_named, **cfg.item_columns}
         table.require({f"data.events.item_columns.{key}": column for key, column in mapping.items()})
         item = table.ids(mapping["item_id"], "data.events.item_columns.item_id")
         check(table, table.rows, [Problem(f"column '{mapping['item_id']}' (item id) is empty", is_blank(item))])

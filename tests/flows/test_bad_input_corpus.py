@@ -206,6 +206,9 @@ DATA_CASES = [
          ("{dir}/events.csv: file is empty, expected a header line and rows",)),
     Case("events-header-only", lambda ws: ws.run(events(ws.put("events.csv", "user_id,item_id,timestamp\n"))),
          ("{dir}/events.csv: has a header line but no rows",)),
+    Case("events-negative-time", lambda ws: ws.run(events(ws.put("events.csv", events_csv() + "u1,i9,-60\n"))),
+         ("{dir}/events.csv: interactions column 'timestamp' has 1 negative values (the smallest -60)",
+          "expected seconds since 1970")),
     Case("events-file-is-a-directory", lambda ws: ws.run(events(directory(ws, "events.csv"))),
          ("{dir}/events.csv: is a directory, expected a file", "data.events.interactions")),
     Case("events-unknown-file-type", lambda ws: ws.run(events(ws.put("events.json", "{}\n"))),
@@ -318,6 +321,11 @@ CONFIG_CASES = [
     Case("config-is-a-directory", lambda ws: ["run", str(directory(ws, "config.yaml")), "--output-dir",
                                               str(ws.outputs)],
          ("{dir}/config.yaml: is a directory (expected a YAML file)",)),
+    Case("config-text-model-folder-missing",
+         lambda ws: ws.run(document={"text": {"model_path": str(ws.folder / "no-model")}, "models": [
+             {"kind": "popularity"}, {"kind": "bert_transfer", "name": "bert", "train_on": "pooled",
+                                      "init": "scratch"}]}),
+         ("text model folder {dir}/no-model: folder does not exist", "text.model_path")),
     Case("config-file-missing", lambda ws: ["run", str(ws.folder / "absent.yaml"), "--output-dir", str(ws.outputs)],
          ("{dir}/absent.yaml: config file not found (expected a YAML file)",)),
 ]
@@ -332,6 +340,8 @@ CLI_CASES = [
     Case("cli-run-name-already-taken",
          lambda ws: (directory(ws, "outputs/taken"), ws.run(None, "--run-name", "taken"))[1],
          ("output.run_name: run folder {dir}/outputs/taken already exists",)),
+    Case("cli-output-dir-is-a-file", lambda ws: ws.run(None, "--output-dir", str(ws.put("outputs-file", "x"))),
+         ("output.root (--output-dir): {dir}/outputs-file is a file; expected a folder",)),
     Case("cli-unknown-command", lambda ws: ["rnu", TINY], ("argument command: invalid choice: 'rnu'",)),
     Case("cli-unknown-option", lambda ws: ws.run(None, "--epochs", "3"), ("unrecognized arguments: --epochs 3",)),
 ]

@@ -7,6 +7,7 @@ is still up. Like runs on one machine they share the Prefect home (database, res
 MLflow store, each with its own output root; cache keys include the output root's cache generation,
 so the killed run never reuses the reference run's results.
 """
+import json
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+from mlflow.tracking import MlflowClient
 
 from conf.loading import preset_path
 from conf.schema import TrainConfig
@@ -207,3 +209,11 @@ def test_a_run_killed_during_training_resumes_and_ends_with_the_uninterrupted_me
     assert (resumed / "metrics.csv").read_bytes() == (uninterrupted / "metrics.csv").read_bytes()
     assert ((resumed / "recommendations.csv").read_bytes()
             == (uninterrupted / "recommendations.csv").read_bytes())
+    # The killed run never closed its MLflow runs: the rerun found them RUNNING with a dead owner and
+    # ended them KILLED, and marked the killed run's folder.
+    (killed_folder,) = [path.parent for path in (tmp_path / "killed" / "out").glob("*/failed.json")]
+    assert json.loads((killed_folder / "failed.json").read_text())["status"] == "killed"
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    statuses = {run.info.run_name: run.info.status for run in client.search_runs(
+        [e.experiment_id for e in client.search_experiments()], f"tags.run_dir = '{killed_folder}'")}
+    assert statuses and set(statuses.values()) == {"KILLED"}, statuses

@@ -13,6 +13,7 @@ from tasks.ingestion import RawTables, ingest_dataset
 from tasks.io import write_parquet
 from tasks.preprocessing import (
     TIE,
+    UNKNOWN_GROUP,
     PreparedData,
     add_tie_break,
     assign_roles,
@@ -414,3 +415,28 @@ def test_shuffled_tie_keys_are_splitmix64_outputs_of_the_seed():
     assert reference(0, 1) == [0xE220A8397B1DCDAF]  # the published first output for seed 0
     for seed in (0, 42, 2**63 + 5):
         assert add_tie_break(events, "shuffle", seed).collect()[TIE].to_list() == reference(seed, 6)
+
+
+@pytest.mark.parametrize("engine", ["memory", "streaming"])
+def test_users_missing_from_the_users_table_form_an_unknown_group_and_are_warned_about(tmp_path, engine, caplog):
+    raw = write_tied_raw(tmp_path)
+    users = pl.DataFrame({"user_id": ["u1"], "gender": ["F"]})  # u2 has no row; a third user has no gender
+    users = pl.concat([users, pl.DataFrame({"user_id": ["u3"], "gender": [None]}, schema=users.schema)])
+    raw = RawTables(raw.interactions, raw.items, write_parquet(users, tmp_path / "raw" / "users_gender.parquet"))
+    with caplog.at_level("WARNING", logger="tasks.preprocessing"):
+        prepared = prepare_data(raw, PreprocessConfig(k_core=1, engine=engine), SplitConfig(),
+                                ScenarioConfig(partition="none", source=None, target=None), "gender", tmp_path)
+    groups = dict(pl.read_parquet(prepared.users.path).select("user_id", "gender").iter_rows())
+    assert groups == {"u1": "F", "u2": UNKNOWN_GROUP}
+    assert "1 of 2 users have no 'gender'" in caplog.text and "'u2'" in caplog.text
+
+
+def test_items_without_titles_among_titled_ones_are_warned_about(tmp_path, caplog):
+    raw = write_tied_raw(tmp_path)
+    items = pl.read_parquet(raw.items.path).with_columns(
+        pl.when(pl.col("item_id").is_in(["i1", "i2"])).then(None).otherwise(pl.col("title")).alias("title"))
+    raw = RawTables(raw.interactions, write_parquet(items, tmp_path / "raw" / "items_half.parquet"), raw.users)
+    with caplog.at_level("WARNING", logger="tasks.preprocessing"):
+        prepare_data(raw, PreprocessConfig(k_core=1), SplitConfig(),
+                     ScenarioConfig(partition="none", source=None, target=None), None, tmp_path)
+    assert "items table: 2 of 6 items of the events have no title" in caplog.text and "'i1'" in caplog.text

@@ -16,6 +16,7 @@ import pytest
 import torch
 import yaml
 from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 
 from conf.schema import SyntheticConfig, TrainConfig
 from models.data import SequenceData
@@ -26,8 +27,9 @@ from models.serving import (MAX_ROWS, Catalogue, InvalidRequest, check_k, encode
 from tasks import tracking
 from tasks.io import TableRef, write_parquet
 from tasks.preprocessing import PreparedData
-from tasks.registry import (champion_version, download_champion, fetch_champion, load_champion_pyfunc,
-                            log_recommender, package_model, read_package, register, set_alias)
+from tasks.registry import (PublishedModel, RegistryChange, champion_version, download_champion, fetch_champion,
+                            load_champion_pyfunc, log_recommender, package_model, read_package, register, set_alias,
+                            undo_change)
 from tasks.synthetic import generate_shop
 from tasks.training import TrainedModel
 
@@ -259,3 +261,61 @@ def test_every_payload_form_becomes_the_same_frame():
     assert as_frame({"history": [["a", "b"], ["c"]]}).equals(expected)  # `inputs` as columns
     with pytest.raises(InvalidRequest, match="got str"):
         as_frame("a,b")
+
+
+def test_a_request_over_the_byte_limit_is_refused_before_scoring_quoting_nothing_of_it(store):
+    huge_id = "x" * 1_100_000  # one 1.1 MB id: over the packaged default of 1,000,000 bytes
+    with pytest.raises(MlflowException) as raised:
+        predict(store, [{"history": [store["ids"][0], huge_id]}])
+    assert raised.value.error_code == "INVALID_PARAMETER_VALUE"
+    assert "request too large: 1100" in raised.value.message and "at most 1000000" in raised.value.message
+    assert len(raised.value.message) < 300
+
+
+def test_the_byte_limit_comes_from_the_package_and_counts_every_row():
+    frame = pd.DataFrame({"history": [["a" * 600]] * 2})  # 1,200 bytes in all
+    catalogue = Catalogue(["a" * 600], ["all"])
+    assert len(encode_requests(frame, catalogue, "all", max_bytes=1_200)[0]) == 2
+    with pytest.raises(InvalidRequest, match="1200 bytes of item ids; at most 1199"):
+        encode_requests(frame, catalogue, "all", max_bytes=1_199)
+
+
+def test_errors_quote_at_most_a_short_prefix_of_what_was_sent():
+    catalogue = Catalogue(["a"], ["all"])
+    for history in ([f"unknown-{'y' * 5000}"], [5 * 10 ** 4000], "z" * 5000):
+        with pytest.raises(InvalidRequest) as raised:
+            encode_requests(pd.DataFrame({"history": [history]}), catalogue, "all")
+        assert len(str(raised.value)) < 300, str(raised.value)[:400]
+
+
+def test_a_history_that_has_seen_every_item_is_answered_400_with_the_reason(store):
+    with pytest.raises(MlflowException) as raised:
+        predict(store, [{"history": store["ids"]}])
+    assert raised.value.error_code == "INVALID_PARAMETER_VALUE"
+    assert "row 0: nothing left to recommend" in raised.value.message
+    assert f"{len(store['ids'])} distinct items seen" in raised.value.message
+
+
+def test_undoing_a_registration_restores_the_alias_and_deletes_the_version(store):
+    """What a failed run does to the registry (tasks.registry.undo_change), in a registered model of its own."""
+    uri, name = store["uri"], "itx-test-undo"
+    artifacts = {name_: str(store["root"] / "package" / file)
+                 for name_, file in (("model", "model.pt"), ("items", "items.json"), ("meta", "meta.json"))}
+
+    def register_and_promote(previous: str | None) -> RegistryChange:
+        version = register(uri, log_recommender(uri, store["run_id"], artifacts), name, {})
+        change = RegistryChange(PublishedModel(name, version, ""), "champion", previous)
+        set_alias(uri, name, "champion", version)
+        return change
+
+    first = register_and_promote(previous=None)
+    undo_change(uri, first)  # the first run of a model: no champion before it, none after
+    assert champion_version(uri, name, "champion") is None
+    assert MlflowClient(uri).search_model_versions(f"name = '{name}'") == []
+
+    kept = register_and_promote(previous=None)
+    failed = register_and_promote(previous=kept.published.version)
+    undo_change(uri, failed)
+    assert str(champion_version(uri, name, "champion").version) == kept.published.version
+    assert [str(v.version) for v in MlflowClient(uri).search_model_versions(f"name = '{name}'")] == [
+        kept.published.version]

@@ -17,7 +17,7 @@ from tasks.artifacts import publish_artifacts
 from tasks.io import TableRef, open_cache_dir
 from tasks.preflight import check_references
 from tasks.preprocessing import PreparedData
-from tasks.registry import promote_model, undo_change
+from tasks.registry import promote_model, withdraw
 from tasks.runs import close_run, fail_run, name_after_run_folder, open_run
 
 
@@ -55,7 +55,7 @@ def pipeline_flow(config: PipelineConfig) -> PipelineResult:
         get_run_logger().info(summary)  # the flow run's log ends with its summary
     except BaseException as error:
         if change is not None:
-            undo_change(run.tracking_uri, change)  # a plain call: no task machinery while failing
+            withdraw(run.tracking_uri, change)  # a plain call: no task machinery while failing
         fail_run(run, error)
         raise
     return PipelineResult(run.run_dir, run.mlflow_run_id, run.tracking_uri, metrics, exported, prepared)

@@ -9,7 +9,7 @@ from conf.schema import PipelineConfig
 from tasks.export import ExportedRecommendations
 from tasks.preprocessing import PreparedData
 from tasks.promotion import gate, record_decision
-from tasks.registry import RegistryChange, fetch_champion, register_model, registered_name, undo_change
+from tasks.registry import RegistryChange, fetch_champion, register_model, registered_name, withdraw
 from tasks.runs import RunContext
 from tasks.training import TrainedModel
 
@@ -31,6 +31,6 @@ def registration_flow(config: PipelineConfig, prepared: PreparedData, trained: l
         record_decision(run, decision, change.published.version if change else None)
     except BaseException:
         if change is not None:  # the pipeline never learns of the version: withdraw it here
-            undo_change(run.tracking_uri, change)
+            withdraw(run.tracking_uri, change)
         raise
     return change

@@ -19,7 +19,7 @@ from tasks.preprocessing import check_catalogue_size, preprocess
 from tasks.preflight import check_references
 from tasks.privacy import pseudonym_key_id
 from tasks.promotion import champion_model_config, gate, record_decision
-from tasks.registry import fetch_champion, promote_model, register_model, registered_name, undo_change
+from tasks.registry import fetch_champion, promote_model, register_model, registered_name, withdraw
 from tasks.retraining import close_retrain, finetune
 from tasks.runs import fail_run, log_metrics, name_after_run_folder, open_run
 from tasks.tracking import resolve_tracking_uri
@@ -90,7 +90,7 @@ def retrain_flow(config: PipelineConfig, new_events: EventLogConfig | None = Non
             promote_model(run.tracking_uri, change)
     except BaseException as error:
         if change is not None:
-            undo_change(run.tracking_uri, change)  # a plain call: no task machinery while failing
+            withdraw(run.tracking_uri, change)  # a plain call: no task machinery while failing
         fail_run(run, error)
         raise
     print(f"gate ({decision.metric}): {decision.reason} -> "

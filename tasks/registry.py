@@ -16,7 +16,7 @@ and a gate reads the current champion with `champion_version`, `download_champio
 
 A run changes the registry as one unit (docs/guarantees.md): it registers its version while the run
 is still open, moves the alias as its very last step, and on any failure after registering calls
-`undo_change`, which points the alias back at the version it held before (`RegistryChange.previous`)
+`withdraw` (`undo_change`), which points the alias back at the version it held before (`RegistryChange.previous`)
 and deletes the run's version. So a failed run leaves the registry as it found it.
 """
 from __future__ import annotations
@@ -200,6 +200,17 @@ def undo_change(tracking_uri: str, change: RegistryChange) -> None:
             raise
     log.warning("registry: withdrew %s version %s (alias %s back on %s)", name, change.published.version,
                 change.alias, change.previous or "no version")
+
+
+def withdraw(tracking_uri: str, change: RegistryChange) -> None:
+    """`undo_change` for a run that is failing: a failure to undo is logged (with what to do by hand), never
+    raised over the run's own error."""
+    try:
+        undo_change(tracking_uri, change)
+    except Exception as problem:  # noqa: BLE001 - the run's own error is the one to report
+        log.error("registry: could not withdraw %s version %s (%s): delete that version and point alias %s back "
+                  "at %s by hand (MLflow UI, Models)", change.published.name, change.published.version, problem,
+                  change.alias, change.previous or "no version")
 
 
 def champion_version(tracking_uri: str, name: str, alias: str = "champion") -> ModelVersion | None:

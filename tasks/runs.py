@@ -17,6 +17,7 @@ Output contract of a run folder (scripts and schedulers rely on it):
 """
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import shutil
@@ -41,6 +42,7 @@ from tasks.preprocessing import PreparedData
 from tasks.training import TrainedModel
 from tasks.transfer_report import format_gain_tables, plot_gain, transfer_gain_table
 
+log = logging.getLogger(__name__)
 TRANSFER_GAIN_FILE = "transfer_gain.csv"
 METRICS_PLOT_FILE = "test_metrics.png"
 FAILED_FILE = "failed.json"
@@ -238,8 +240,11 @@ def fail_run(run: RunContext, error: BaseException | None = None) -> None:
     """Mark the run's MLflow runs FAILED (KILLED when interrupted) and its folder failed (or interrupted);
     the folder keeps what was written, all of it complete files."""
     interrupted = isinstance(error, KeyboardInterrupt | SystemExit)
-    mark_run_folder(run.run_dir, "interrupted" if interrupted else "failed",
-                    f"{type(error).__name__}: {error}" if error is not None else "", run.mlflow_run_id)
+    try:
+        mark_run_folder(run.run_dir, "interrupted" if interrupted else "failed",
+                        f"{type(error).__name__}: {error}" if error is not None else "", run.mlflow_run_id)
+    except OSError as problem:  # e.g. the disk is full: the MLflow runs are still closed
+        log.warning("could not mark run folder %s as failed: %s", run.run_dir, problem)
     for run_id in [*run.model_run_ids.values(), run.mlflow_run_id]:
         tracking.end_run(run.tracking_uri, run_id, "KILLED" if interrupted else "FAILED")
 

@@ -537,6 +537,12 @@ SERVING_CASES = [
     serving_case("serving-no-rows", records(), "INVALID_PARAMETER_VALUE", ("input needs a 'history' column",)),
     serving_case("serving-oversized-payload", records(*[{"history": ["i01"]}] * 10_001), "INVALID_PARAMETER_VALUE",
                  ("too many rows: 10001; at most 10000 per request",)),
+    serving_case("serving-request-over-the-byte-limit", records({"history": ["i01", "x" * 1_100_000]}),
+                 "INVALID_PARAMETER_VALUE", ("request too large: 1100003 bytes of item ids; at most 1000000",)),
+    serving_case("serving-huge-unknown-id-not-echoed", records({"history": ["i01", "y" * 900_000]}),
+                 "INVALID_PARAMETER_VALUE", ("row 0: 1 unknown item id(s)", "... (900002 characters)")),
+    serving_case("serving-nothing-left-to-recommend", records({"history": ITEMS}), "INVALID_PARAMETER_VALUE",
+                 ("row 0: nothing left to recommend", "12 distinct items seen")),
     serving_case("serving-not-json", '{"dataframe_records": [{"history": ["i01"]}', "BAD_REQUEST",
                  ("Ensure that input is a valid JSON formatted string",)),
     serving_case("serving-json-list-not-object", '[{"history": ["i01"]}]', "BAD_REQUEST", ("Received a list",)),
@@ -553,6 +559,7 @@ def test_bad_request_gets_400_naming_what_was_wrong(served, body, code, expected
     assert raised.value.get_http_status_code() == 400
     for fragment in expected:
         assert fragment in raised.value.message
+    assert len(raised.value.message) < 500  # what was sent is quoted, if at all, as a short prefix
     # The model still answers a good request after a bad one: a rejected request changes nothing.
     good = json.loads(invoke(served, records({"history": ["i12"]}, k=3)).response)
     assert good["predictions"][0]["item_ids"] == ["i11", "i10", "i09"]

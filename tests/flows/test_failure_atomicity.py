@@ -8,6 +8,7 @@ after registration are the ones that matter most: there the run has already regi
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 
@@ -17,7 +18,10 @@ from prefect import flow
 
 import flows.pipeline
 import flows.registration
+import flows.retrain
+import tasks.runs
 from flows.pipeline import pipeline_flow
+from flows.retrain import retrain_flow
 from tasks.registry import champion_version, registered_name
 
 pytestmark = pytest.mark.slow
@@ -98,3 +102,44 @@ def test_a_run_after_the_failures_still_promotes_and_moves_the_alias(champion):
     versions, alias = registry_state(result.tracking_uri, registered_name(config))
     assert alias == versions[-1] != "1" and (result.run_dir / "run.json").exists()
     assert not (result.run_dir / "failed.json").exists()
+
+
+def test_a_full_disk_leaves_the_registry_unchanged_and_the_mlflow_runs_failed(champion, monkeypatch):
+    """No space left while exporting, and not even for failed.json: the run still closes its MLflow runs."""
+    config, first = champion
+    name = registered_name(config)
+    before = registry_state(first.tracking_uri, name)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(flows.pipeline, "export_flow", flow(disk_full, name="export-disk-full"))
+    monkeypatch.setattr(tasks.runs, "write_json", disk_full)
+    with pytest.raises(OSError, match="No space left on device"):
+        pipeline_flow(with_run_name(config, "disk-full"))
+    assert registry_state(first.tracking_uri, name) == before
+    run_dir = first.run_dir.parent / "disk-full"
+    assert not (run_dir / "run.json").exists() and not (run_dir / "failed.json").exists()
+    client = MlflowClient(first.tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name(config.tracking.experiment).experiment_id],
+                              f"tags.run_dir = '{run_dir}'")
+    assert runs and {run.info.status for run in runs} == {"FAILED"}
+
+
+def test_a_failure_after_an_incremental_update_registered_leaves_the_registry_unchanged(champion, monkeypatch):
+    """The same for `itx retrain`: its candidate passes the gate (tolerance 1), registers, then closing fails."""
+    config, first = champion
+    config = config.model_copy(update={"registry": config.registry.model_copy(update={"tolerance": 1.0})})
+    name = registered_name(config)
+    before = registry_state(first.tracking_uri, name)
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("injected failure in close_retrain")
+
+    monkeypatch.setattr(flows.retrain, "close_retrain", fail)
+    with pytest.raises(RuntimeError, match="injected failure"):
+        retrain_flow(config, None, finetune_epochs=1, force=True)
+    assert registry_state(first.tracking_uri, name) == before
+    (failed,) = [path.parent for path in first.run_dir.parent.glob("*/failed.json")
+                 if "close_retrain" in (path.parent / "failed.json").read_text()]
+    assert json.loads((failed / "gate.json").read_text())["registered_version"] not in (None, "1")

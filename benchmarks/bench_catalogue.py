@@ -77,7 +77,7 @@ def measure(spec: dict) -> dict:
     from conf.schema import TrainConfig
     from models.data import NextItemWindows, left_pad
     from models.losses import build_loss
-    from models.registry import build_model
+    from models.kinds import build_model
 
     row = {key: spec[key] for key in ("items", "loss", "model", "precision", "threads")}
     train = TrainConfig.model_validate(spec["train"])
@@ -222,7 +222,7 @@ def main() -> None:
     from conf.loading import load_config
     from conf.schema import PlannedModel
     from models.device import cpu_computes_bf16
-    from tasks.training import model_options
+    from tasks.modelling.training import model_options
 
     config = load_config(args.preset, ["train.progress_bar=false"])
     chosen = next((m for m in config.models if m.name == args.model and m.kind in SEQUENCE_KINDS), None)

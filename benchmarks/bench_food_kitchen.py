@@ -47,10 +47,10 @@ def main() -> None:
     import polars as pl
 
     from conf.loading import load_config
-    from tasks.evaluation import evaluate_trained
-    from tasks.ingestion import ingest_dataset
-    from tasks.preprocessing import prepare_data
-    from tasks.training import train_recommender
+    from tasks.modelling.evaluation import evaluate_trained
+    from tasks.data.ingestion import ingest_dataset
+    from tasks.data.prepare import prepare_data
+    from tasks.modelling.training import train_recommender
 
     budget = [f"train.max_minutes={args.minutes}"] if args.minutes is not None else []
     config = load_config(args.config, ["train.progress_bar=false", *budget, *args.overrides])

@@ -44,10 +44,10 @@ def main() -> None:
     import polars as pl
 
     from conf.loading import load_config
-    from tasks.evaluation import evaluate_trained
-    from tasks.ingestion import ingest_dataset
-    from tasks.preprocessing import prepare_data
-    from tasks.training import model_training
+    from tasks.modelling.evaluation import evaluate_trained
+    from tasks.data.ingestion import ingest_dataset
+    from tasks.data.prepare import prepare_data
+    from tasks.modelling.training import model_training
 
     config = load_config(args.config, ["train.progress_bar=false", *args.overrides])
     wanted = args.models.split(",")

@@ -32,11 +32,11 @@ def _peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
 
 def _stage_worker(stage: str, args: tuple, queue) -> None:
     import flows  # noqa: F401  (environment defaults)
-    from tasks.evaluation import evaluate_trained
-    from tasks.export import export_top_k
-    from tasks.ingestion import ingest_dataset
-    from tasks.preprocessing import prepare_data
-    from tasks.training import train_recommender
+    from tasks.modelling.evaluation import evaluate_trained
+    from tasks.modelling.export import export_top_k
+    from tasks.data.ingestion import ingest_dataset
+    from tasks.data.prepare import prepare_data
+    from tasks.modelling.training import train_recommender
 
     functions = {"ingest": ingest_dataset, "preprocess": prepare_data, "train": train_recommender,
                  "evaluate": evaluate_trained, "export": export_top_k}
@@ -75,7 +75,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from conf.loading import load_config
-    from tasks.training import TrainedModel  # noqa: F401
+    from tasks.modelling.training import TrainedModel  # noqa: F401
 
     config = load_config(args.config, ["train.progress_bar=false"])
     timings: dict[str, list[tuple[float, float]]] = {}

@@ -5,10 +5,10 @@ generated once and written to Parquet in a temporary folder; generation is timed
 but is not the measured thing. Then, each run in a fresh spawned process so its peak RSS
 (`ru_maxrss`) is its own, and timed around the preprocessing call only:
 
-- memory: `tasks.preprocessing.prepare_data` itself, as the pipeline runs it (scan_parquet,
+- memory: `tasks.data.preprocessing.prepare_data_in_memory` itself, as the pipeline runs it (scan_parquet,
   dedupe user_item, 5-core, contiguous ids, leave-one-out split, sequences; writes the events,
   sequences, users and items tables with their fingerprints);
-- streaming: the same call with `preprocess.engine: streaming` (tasks/streaming_preprocessing.py:
+- streaming: the same call with `preprocess.engine: streaming` (tasks/data/streaming.py:
   every pass over all events streamed through Parquet, per-user steps one bucket at a time);
 - pandas: the same steps and the same four output tables written idiomatically in pandas
   (`prepare_with_pandas` below).
@@ -103,9 +103,9 @@ def _guarded(work: Callable[[], dict[str, Any]], queue) -> None:
 def _generate_worker(scale: float, folder: str, queue) -> None:
     def work() -> dict[str, Any]:
         from conf.schema import SyntheticConfig
-        from tasks.ingestion import RawTables
+        from tasks.data.ingestion import RawTables
         from tasks.io import write_parquet
-        from tasks.synthetic import generate_shop
+        from tasks.data.synthetic import generate_shop
 
         started = time.perf_counter()
         shop = generate_shop(SyntheticConfig(scale=scale), SEED)
@@ -126,7 +126,7 @@ def _polars_worker(raw, out_dir: str, engine: str, address_space_gib: float | No
 
     def work() -> dict[str, Any]:
         from conf.schema import PreprocessConfig, ScenarioConfig, SplitConfig
-        from tasks.preprocessing import prepare_data
+        from tasks.data.prepare import prepare_data
 
         def call() -> dict[str, Any]:
             prepared = prepare_data(
@@ -369,7 +369,7 @@ def main() -> None:
 
     from conf.schema import SyntheticConfig
     from tasks.schemas import SEQUENCES
-    from tasks.synthetic import generate_shop
+    from tasks.data.synthetic import generate_shop
 
     splits = [column for column in SEQUENCES if column != "user_idx"]
     # Events grow linearly with scale; calibrate events per unit of scale on a small shop.

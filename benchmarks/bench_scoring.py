@@ -3,7 +3,7 @@
 Scores every user against the whole catalogue with a GRU-sized model (untrained weights: speed does
 not depend on them), takes the top K unseen items, explains each with its reasons
 (`models/explain.py`) and appends the rows to a Parquet file, one batch of users at a time, through
-the export's own functions (`tasks.export`: `rankable_scores` masking, `recommendation_frame`,
+the export's own functions (`tasks.modelling.export`: `rankable_scores` masking, `recommendation_frame`,
 `RecommendationWriter`). Users' histories are generated batch by batch from a seeded generator, so
 no more than one batch of users, scores or rows is ever held: peak memory should not depend on the
 number of users, and running at two sizes shows whether it does.
@@ -50,7 +50,7 @@ from models.base import rankable_scores  # noqa: E402
 from models.data import EvalBatch  # noqa: E402
 from models.explain import evidence_for, explain  # noqa: E402
 from models.extractors import GRURecommender  # noqa: E402
-from tasks.export import RankedBatch, RecommendationWriter, recommendation_frame  # noqa: E402
+from tasks.modelling.export import RankedBatch, RecommendationWriter, recommendation_frame  # noqa: E402
 
 
 def current_rss_mb() -> float:

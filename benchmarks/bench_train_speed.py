@@ -93,10 +93,11 @@ def main() -> None:
 
     from conf.loading import load_config
     from models.data import NextItemWindows
-    from models.registry import build_model
-    from tasks.ingestion import ingest_dataset
-    from tasks.preprocessing import load_sequence_data, prepare_data
-    from tasks.training import model_options
+    from models.kinds import build_model
+    from tasks.data.ingestion import ingest_dataset
+    from tasks.data.prepare import prepare_data
+    from tasks.data.preprocessing import load_sequence_data
+    from tasks.modelling.training import model_options
 
     config = load_config(args.config, ["train.progress_bar=false", *args.overrides])
     batch_size = config.train.batch_size

@@ -50,8 +50,8 @@ def main() -> None:
     import polars as pl
 
     from conf.loading import load_config
-    from tasks.training import training_settings
-    from tasks.transfer_report import transfer_gain_table
+    from tasks.modelling.training import training_settings
+    from tasks.modelling.transfer_report import transfer_gain_table
 
     overrides = ["train.progress_bar=false", *args.overrides]
     if args.minutes is not None:
@@ -81,11 +81,11 @@ def run_one_seed(config, models: str, cache_dir: str | None = None):
     """(per-user metrics, transfer_gain table, cost table) of every planned model of `config`, trained with its seed."""
     import polars as pl
 
-    from tasks.evaluation import score_report_users
-    from tasks.ingestion import ingest_dataset
-    from tasks.preprocessing import prepare_data
-    from tasks.transfer import embed_item_texts
-    from tasks.transfer_report import transfer_gain_table
+    from tasks.modelling.evaluation import score_report_users
+    from tasks.data.ingestion import ingest_dataset
+    from tasks.data.prepare import prepare_data
+    from tasks.modelling.transfer import embed_item_texts
+    from tasks.modelling.transfer_report import transfer_gain_table
 
     wanted = set(models.split(",")) if models else {m.name for m in config.models}
     costs, frames = [], []
@@ -125,7 +125,7 @@ def print_seed_tables(config, table, cost) -> None:
     """One seed's gain tables against every baseline, and NDCG/Recall@10 with the costs."""
     import polars as pl
 
-    from tasks.transfer_report import format_gain_table
+    from tasks.modelling.transfer_report import format_gain_table
 
     print(f"\n{config.scenario.name}, seed {config.seed}: {os.cpu_count()} CPUs, OMP_NUM_THREADS="
           f"{os.environ.get('OMP_NUM_THREADS', 'unset')}, budget per fit {config.train.max_minutes} min, "

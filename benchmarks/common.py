@@ -20,7 +20,7 @@ def peak_rss_mb() -> float:
 
 def _train_worker(args: tuple, queue) -> None:
     import flows  # noqa: F401  (environment defaults)
-    from tasks.training import train_recommender
+    from tasks.modelling.training import train_recommender
 
     started = time.perf_counter()
     trained = train_recommender(*args)

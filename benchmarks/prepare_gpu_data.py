@@ -34,9 +34,10 @@ def prepare(name: str, config_file: Path, overrides: list[str], out: Path) -> Pa
     """Ingest and preprocess one configured dataset and write <out>/<name>.npz; its path."""
     from conf.loading import load_config
     from conf.schema import PlannedModel, SASRecConfig
-    from tasks.ingestion import ingest_dataset
-    from tasks.preprocessing import load_sequence_data, prepare_data
-    from tasks.training import model_options
+    from tasks.data.ingestion import ingest_dataset
+    from tasks.data.prepare import prepare_data
+    from tasks.data.preprocessing import load_sequence_data
+    from tasks.modelling.training import model_options
 
     config = load_config(config_file, overrides)
     planned = [p for p in config.model_plan() if p.model.kind in MODEL_CLASSES]

@@ -43,13 +43,13 @@ def build_champion(root: Path) -> tuple[str, list[str]]:
 
     from conf.schema import SyntheticConfig, TrainConfig
     from models.data import SequenceData
-    from models.registry import build_model
-    from tasks import tracking
+    from models.kinds import build_model
+    from tasks.ops import tracking
     from tasks.io import TableRef, write_parquet
-    from tasks.preprocessing import PreparedData
-    from tasks.registry import log_recommender, package_model, register, set_alias
-    from tasks.synthetic import generate_shop
-    from tasks.training import TrainedModel
+    from tasks.data.preprocessing import PreparedData
+    from tasks.ops.registry import log_recommender, package_model, register, set_alias
+    from tasks.data.synthetic import generate_shop
+    from tasks.modelling.training import TrainedModel
 
     shop = generate_shop(SyntheticConfig(n_users=80, n_items=40, mean_events_per_user=10), seed=1)
     items = shop.items.select("item_id").with_row_index("item_idx", offset=1).with_columns(

@@ -94,7 +94,7 @@ def main() -> int:
         wait_for(f"http://127.0.0.1:{MLFLOW_PORT}/health")
         from mlflow import MlflowClient
 
-        from tasks.artifacts import mlflow_experiment_url, mlflow_run_url
+        from tasks.ops.artifacts import mlflow_experiment_url, mlflow_run_url
 
         experiment = MlflowClient(database).get_experiment_by_name("interest-transfer")
         prefect_ui, mlflow_ui = f"http://127.0.0.1:{PREFECT_PORT}", f"http://127.0.0.1:{MLFLOW_PORT}"

@@ -1,7 +1,7 @@
 """Prefect flows. Importing this package sets offline-safe defaults before Prefect or MLflow load.
 
 Prefect and MLflow read these variables at import time, so they are set here, the first thing
-any entry point (the `itx` CLI, a deployment, `python -m flows.pipeline`) imports.
+any entry point (the `itx` CLI or `python -m flows.cli`, a deployment) imports.
 """
 import logging
 import os

@@ -199,8 +199,8 @@ def without_heartbeats_on_a_temporary_server():
 def check_inputs(config: PipelineConfig) -> None:
     """What the config refers to (output folder, pseudonym key, text model) and its input data, checked
     without creating anything: bad settings and bad input fail in seconds, before Prefect, MLflow or a run folder."""
-    from tasks.ingestion import check_source
-    from tasks.preflight import check_references
+    from tasks.data.ingestion import check_source
+    from tasks.ops.preflight import check_references
 
     check_references(config)
     check_source(config.data, config.seed)
@@ -227,7 +227,7 @@ def report(result, console, title: str) -> None:
     if gain.exists():
         import polars as pl
 
-        from tasks.transfer_report import format_gain_tables
+        from tasks.modelling.transfer_report import format_gain_tables
 
         console.print(format_gain_tables(pl.read_csv(gain)), markup=False, highlight=False)
         console.print(f"transfer gain:   {gain} (plots: transfer_gain_*.png)")
@@ -253,9 +253,9 @@ def recommendations_preview(result, n_users: int) -> str:
 
 def demo_next_steps(result, config: PipelineConfig) -> str:
     """Where the champion is and the commands that open the UIs and serve it."""
-    from tasks.artifacts import MLFLOW_UI_URL, mlflow_experiment_url
-    from tasks.registry import registered_name
-    from tasks.tracking import experiment_of
+    from tasks.ops.artifacts import MLFLOW_UI_URL, mlflow_experiment_url
+    from tasks.ops.registry import registered_name
+    from tasks.ops.tracking import experiment_of
 
     uri, name = result.tracking_uri, registered_name(config)
     runs_page = mlflow_experiment_url(MLFLOW_UI_URL, experiment_of(uri, result.mlflow_run_id)[0])
@@ -294,7 +294,7 @@ def retrain(args: argparse.Namespace, console) -> int:
 
 def reidentify(args: argparse.Namespace, console) -> int:
     """`itx reidentify`: the run's recommendations with raw user ids, in a new file."""
-    from tasks.privacy import reidentify_run
+    from tasks.ops.reidentify import reidentify_run
 
     result = reidentify_run(Path(args.run_dir), Path(args.out) if args.out else None)
     console.print(f"recommendations with raw user ids ({result.users} users, {result.rows} rows): {result.path}",

@@ -2,10 +2,11 @@
 from prefect import flow
 
 from conf.schema import PipelineConfig
-from tasks.ingestion import ingest, source_fingerprint
+from tasks.data.ingestion import ingest, source_fingerprint
 from tasks.io import CacheDir
-from tasks.preprocessing import PreparedData, check_catalogue_size, preprocess
-from tasks.privacy import pseudonym_key_id
+from tasks.data.prepare import preprocess
+from tasks.data.preprocessing import PreparedData, check_catalogue_size
+from tasks.data.pseudonyms import pseudonym_key_id
 
 
 @flow(name="data", flow_run_name="data-{config.name}")

@@ -3,11 +3,11 @@ from prefect import flow
 
 from conf.schema import ExecutionConfig, PipelineConfig
 from flows.runners import task_runner_for
-from tasks.evaluation import evaluate, score_transfer_users
+from tasks.modelling.evaluation import evaluate, score_transfer_users
 from tasks.io import TableRef
-from tasks.preprocessing import PreparedData
-from tasks.runs import RunContext, log_metrics, plots, transfer_report
-from tasks.training import TrainedModel
+from tasks.data.preprocessing import PreparedData
+from tasks.ops.runs import RunContext, record_metrics_task, record_plots_task, record_transfer_report_task
+from tasks.modelling.training import TrainedModel
 
 
 # One thread by default; the pipeline passes the runner of config.execution (flows.runners).
@@ -23,8 +23,8 @@ def evaluation_flow(config: PipelineConfig, prepared: PreparedData, trained: lis
     scorings = ([score_transfer_users.submit(prepared, model, config.scenario, config.transfer, config.evaluation,
                                              config.train.max_seq_len, config.seed) for model in trained]
                 if config.is_transfer() else [])
-    metrics = log_metrics(run, trained, [future.result() for future in evaluations], prepared)
-    plots(run, metrics)
+    metrics = record_metrics_task(run, trained, [future.result() for future in evaluations], prepared)
+    record_plots_task(run, metrics)
     if scorings:
-        transfer_report(run, [future.result() for future in scorings], config)
+        record_transfer_report_task(run, [future.result() for future in scorings], config)
     return metrics

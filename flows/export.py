@@ -2,11 +2,11 @@
 from prefect import flow
 
 from conf.schema import PipelineConfig
-from tasks.export import ExportedRecommendations, export
+from tasks.modelling.export import ExportedRecommendations, export
 from tasks.io import TableRef
-from tasks.preprocessing import PreparedData
-from tasks.runs import RunContext
-from tasks.training import TrainedModel
+from tasks.data.preprocessing import PreparedData
+from tasks.ops.runs import RunContext
+from tasks.modelling.training import TrainedModel
 
 
 @flow(name="export", flow_run_name="export-{config.name}")

@@ -12,13 +12,13 @@ from flows.export import export_flow
 from flows.registration import registration_flow
 from flows.runners import shared_task_runner
 from flows.training import training_flow
-from tasks.export import ExportedRecommendations
-from tasks.artifacts import publish_artifacts
+from tasks.modelling.export import ExportedRecommendations
+from tasks.ops.artifacts import publish_artifacts
 from tasks.io import TableRef, open_cache_dir
-from tasks.preflight import check_references
-from tasks.preprocessing import PreparedData
-from tasks.registry import promote_model, withdraw
-from tasks.runs import close_run, fail_run, name_after_run_folder, open_run
+from tasks.ops.preflight import check_references
+from tasks.data.preprocessing import PreparedData
+from tasks.ops.registry import promote_model, withdraw
+from tasks.ops.runs import close_run, fail_run, name_after_run_folder, open_run
 
 
 @dataclass(frozen=True)
@@ -59,11 +59,3 @@ def pipeline_flow(config: PipelineConfig) -> PipelineResult:
         fail_run(run, error)
         raise
     return PipelineResult(run.run_dir, run.mlflow_run_id, run.tracking_uri, metrics, exported, prepared)
-
-
-if __name__ == "__main__":  # `python -m flows.pipeline [CONFIG] [--set k=v ...]` is `itx run`
-    import sys
-
-    from flows.cli import main
-
-    sys.exit(main(["run", *sys.argv[1:]]))

@@ -6,12 +6,12 @@ the version if anything fails before that, so a failed run leaves the registry u
 from prefect import flow
 
 from conf.schema import PipelineConfig
-from tasks.export import ExportedRecommendations
-from tasks.preprocessing import PreparedData
-from tasks.promotion import gate, record_decision
-from tasks.registry import RegistryChange, fetch_champion, register_model, registered_name, withdraw
-from tasks.runs import RunContext
-from tasks.training import TrainedModel
+from tasks.modelling.export import ExportedRecommendations
+from tasks.data.preprocessing import PreparedData
+from tasks.ops.promotion import promotion_gate, record_decision
+from tasks.ops.registry import RegistryChange, fetch_champion, register_model, registered_name, withdraw
+from tasks.ops.runs import RunContext
+from tasks.modelling.training import TrainedModel
 
 
 @flow(name="registration", flow_run_name="registration-{config.name}")
@@ -21,7 +21,7 @@ def registration_flow(config: PipelineConfig, prepared: PreparedData, trained: l
     name = registered_name(config)
     candidate = next(model for model in trained if model.name == exported.model)
     champion = fetch_champion(run.tracking_uri, name, config.registry.alias, run.cache.path / f"champion-{run.name}")
-    decision = gate(candidate, champion, prepared, config)
+    decision = promotion_gate(candidate, champion, prepared, config)
     change = None
     if decision.promoted:
         change = register_model(candidate, prepared, config.train.max_seq_len, run.run_dir / "model",

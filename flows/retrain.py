@@ -9,20 +9,21 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from conf.schema import EventLogConfig, PipelineConfig
-from tasks.event_store import new_batches, store_dir, update_event_store
-from tasks.evaluation import evaluate
-from tasks.export import export
-from tasks.gate import GateDecision
-from tasks.ingestion import ingest, source_fingerprint
+from tasks.data.event_store import new_batches, store_dir, update_event_store
+from tasks.modelling.evaluation import evaluate
+from tasks.modelling.export import export
+from tasks.ops.gate import GateDecision
+from tasks.data.ingestion import ingest, source_fingerprint
 from tasks.io import open_cache_dir
-from tasks.preprocessing import check_catalogue_size, preprocess
-from tasks.preflight import check_references
-from tasks.privacy import pseudonym_key_id
-from tasks.promotion import champion_model_config, gate, record_decision
-from tasks.registry import fetch_champion, promote_model, register_model, registered_name, withdraw
-from tasks.retraining import close_retrain, finetune
-from tasks.runs import fail_run, log_metrics, name_after_run_folder, open_run
-from tasks.tracking import resolve_tracking_uri
+from tasks.data.prepare import preprocess
+from tasks.data.preprocessing import check_catalogue_size
+from tasks.ops.preflight import check_references
+from tasks.data.pseudonyms import pseudonym_key_id
+from tasks.ops.promotion import champion_model_config, promotion_gate, record_decision
+from tasks.ops.registry import fetch_champion, promote_model, register_model, registered_name, withdraw
+from tasks.ops.retraining import close_retrain, finetune
+from tasks.ops.runs import fail_run, name_after_run_folder, open_run, record_metrics_task
+from tasks.ops.tracking import resolve_tracking_uri
 
 
 @dataclass(frozen=True)
@@ -74,8 +75,8 @@ def retrain_flow(config: PipelineConfig, new_events: EventLogConfig | None = Non
                              run.model_run_ids[label])
         table = evaluate(prepared, candidate, config.evaluation, config.scenario.name, config.train.max_seq_len,
                          run.cache)
-        metrics = log_metrics(run, [candidate], [table], prepared)
-        decision = gate(candidate, champion, prepared, config)
+        metrics = record_metrics_task(run, [candidate], [table], prepared)
+        decision = promotion_gate(candidate, champion, prepared, config)
         version, exported = None, None
         if decision.promoted:
             change = register_model(candidate, prepared, config.train.max_seq_len, run.run_dir / "model",
@@ -96,11 +97,3 @@ def retrain_flow(config: PipelineConfig, new_events: EventLogConfig | None = Non
     print(f"gate ({decision.metric}): {decision.reason} -> "
           f"{'promoted as version ' + version if version else 'champion kept'}")
     return RetrainResult(update.added, run.run_dir, decision, version)
-
-
-if __name__ == "__main__":  # `python -m flows.retrain CONFIG --new-events FILE` is `itx retrain`
-    import sys
-
-    from flows.cli import main
-
-    sys.exit(main(["retrain", *sys.argv[1:]]))

@@ -82,7 +82,7 @@ def pretraining_leaders(plan: Sequence[PlannedModel]) -> dict[str, str]:
     """For each planned source-then-target training after the first of its model, the label of that first one.
 
     The trainings of one model at several target fractions pre-train on the same source data into
-    the same folder (tasks.training.pretrain). Waiting for the first makes the others
+    the same folder (tasks.modelling.training.pretrain). Waiting for the first makes the others
     reuse its weights instead of pre-training again at the same time into the same checkpoint folder.
     """
     first: dict[str, str] = {}

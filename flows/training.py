@@ -3,10 +3,10 @@ from prefect import flow
 
 from conf.schema import ExecutionConfig, PipelineConfig
 from flows.runners import pretraining_leaders, task_runner_for
-from tasks.preprocessing import PreparedData
-from tasks.runs import RunContext, data_tags
-from tasks.training import TrainedModel, train, training_settings
-from tasks.transfer import embed_items
+from tasks.data.preprocessing import PreparedData
+from tasks.ops.runs import RunContext, data_tags
+from tasks.modelling.training import TrainedModel, train, training_settings
+from tasks.modelling.transfer import embed_items
 
 
 # One thread by default; the pipeline passes the runner of config.execution (flows.runners).

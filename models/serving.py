@@ -40,7 +40,7 @@ from mlflow.types.schema import Array
 from models.base import Recommender
 from models.data import left_pad
 from models.explain import N_REASONS, Evidence, evidence_for, explain
-from models.registry import load_model
+from models.kinds import load_model
 
 DEFAULT_K = 10
 MAX_ROWS = 10_000  # rows per request: bounds the memory of one scoring call
@@ -49,7 +49,7 @@ MAX_NAMED_UNKNOWN = 5  # unknown ids quoted in an error message
 MAX_QUOTED = 40  # characters of anything sent that an error message quotes back
 MAX_REQUEST_BYTES = 1_000_000  # item id bytes per request, unless the package says (registry.max_request_bytes)
 
-# What the model files hold; `package_model` in tasks/registry.py writes them.
+# What the model files hold; `package_model` in tasks/ops/registry.py writes them.
 MODEL_ARTIFACT, ITEMS_ARTIFACT, META_ARTIFACT = "model", "items", "meta"
 
 
@@ -75,7 +75,7 @@ class Catalogue:
 
 
 def read_catalogue(path: Path) -> Catalogue:
-    """The catalogue written by `tasks.registry.package_model`: {"item_idx": [...], "item_id": [...], "role": [...]}."""
+    """The catalogue written by `tasks.ops.registry.package_model`: {"item_idx": [...], "item_id": [...], "role": [...]}."""
     columns = json.loads(Path(path).read_text())
     order = np.argsort(columns["item_idx"])
     idx = np.asarray(columns["item_idx"])[order]

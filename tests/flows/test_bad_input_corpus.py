@@ -473,12 +473,12 @@ def served(tmp_path_factory):
     import mlflow.pyfunc
     import torch
 
-    from models.registry import build_model
+    from models.kinds import build_model
     from models.serving import TopKRecommender, signature
     from tasks.io import TableRef, write_parquet
-    from tasks.preprocessing import PreparedData
-    from tasks.registry import package_model
-    from tasks.training import TrainedModel
+    from tasks.data.preprocessing import PreparedData
+    from tasks.ops.registry import package_model
+    from tasks.modelling.training import TrainedModel
 
     root = tmp_path_factory.mktemp("served")
     model = build_model("popularity", len(ITEMS) + 1, {})

@@ -83,7 +83,7 @@ def test_each_model_trains_once_and_the_other_run_reuses_it(two_runs_at_once):
     root, _, logs = two_runs_at_once
     for label in ("popularity", "gru", "caser"):
         # The other run waited for it (tasks.io: waiting ...), then reused it, or found Prefect's cached result.
-        fits = [line for log in logs for line in log.splitlines() if f"tasks.training - trained {label} (" in line]
+        fits = [line for log in logs for line in log.splitlines() if f"tasks.modelling.training - trained {label} (" in line]
         assert len(fits) == 1, fits
         assert len(list((root / "out" / "cache").glob(f"train-{label}-*/model.pt"))) == 1
 

@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 from conf.loading import preset_path
 from conf.schema import TrainConfig
 from models.data import SequenceData
-from models.registry import build_model
+from models.kinds import build_model
 
 ITX = str(Path(sys.executable).with_name("itx"))
 

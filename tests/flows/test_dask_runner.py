@@ -16,7 +16,7 @@ from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_se
 from conf.schema import ExecutionConfig
 from flows.pipeline import pipeline_flow
 from flows.runners import PipelineDaskTaskRunner, task_runner_for, worker_api_settings
-from tasks.runs import data_fingerprint
+from tasks.ops.runs import data_fingerprint
 
 # The tests of the two runs are slow: two tiny pipeline runs and a Dask cluster, ~80 s on 2 busy CPUs.
 slow = pytest.mark.slow

@@ -19,10 +19,10 @@ from prefect import flow
 import flows.pipeline
 import flows.registration
 import flows.retrain
-import tasks.runs
+import tasks.ops.runs
 from flows.pipeline import pipeline_flow
 from flows.retrain import retrain_flow
-from tasks.registry import champion_version, registered_name
+from tasks.ops.registry import champion_version, registered_name
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +31,7 @@ STAGES = [
     (flows.pipeline, "training_flow"),
     (flows.pipeline, "evaluation_flow"),
     (flows.pipeline, "export_flow"),
-    (flows.registration, "gate"),
+    (flows.registration, "promotion_gate"),
     (flows.registration, "record_decision"),  # after the version is registered
     (flows.pipeline, "close_run"),
     (flows.pipeline, "publish_artifacts"),
@@ -114,7 +114,7 @@ def test_a_full_disk_leaves_the_registry_unchanged_and_the_mlflow_runs_failed(ch
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(flows.pipeline, "export_flow", flow(disk_full, name="export-disk-full"))
-    monkeypatch.setattr(tasks.runs, "write_json", disk_full)
+    monkeypatch.setattr(tasks.ops.runs, "write_json", disk_full)
     with pytest.raises(OSError, match="No space left on device"):
         pipeline_flow(with_run_name(config, "disk-full"))
     assert registry_state(first.tracking_uri, name) == before

@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from conf.schema import EventLogConfig
 from flows.pipeline import pipeline_flow
 from flows.retrain import retrain_flow
-from tasks.registry import champion_version, registered_name
+from tasks.ops.registry import champion_version, registered_name
 
 pytestmark = pytest.mark.slow
 

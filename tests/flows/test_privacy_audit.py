@@ -23,8 +23,8 @@ from mlflow.tracking import MlflowClient
 from conf.loading import load_config, preset_path
 from conf.schema import PrivacyConfig, SyntheticConfig
 from flows.cli import main
-from tasks.privacy import pseudonym_key
-from tasks.synthetic import generate_shop
+from tasks.data.pseudonyms import pseudonym_key
+from tasks.data.synthetic import generate_shop
 
 pytestmark = pytest.mark.slow
 

@@ -45,8 +45,9 @@ def test_food_kitchen_preset_reproduces_the_benchmarks_popularity_floors(tmp_pat
 
 def alphabetical_successor_hit_rate(tie_order: str, tmp_path: Path) -> float:
     """HR@10 of proposing the 10 titles alphabetically after each user's last item (ML-1M, leave-one-out)."""
-    from tasks.ingestion import ingest_dataset
-    from tasks.preprocessing import load_sequence_data, prepare_data
+    from tasks.data.ingestion import ingest_dataset
+    from tasks.data.prepare import prepare_data
+    from tasks.data.preprocessing import load_sequence_data
 
     root = Path(__file__).resolve().parents[2]
     config = load_config(root / "conf" / "ml1m.yaml", [f"data.recbole.path={SHARED / 'ml-1m'}",

@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from conf.loading import load_config, preset_path
 from flows.pipeline import pipeline_flow
-from tasks.transfer_report import TRANSFER_GAIN_COLUMNS
+from tasks.modelling.transfer_report import TRANSFER_GAIN_COLUMNS
 
 SMALL_SHOP = ["data.synthetic.n_users=1500", "data.synthetic.n_items=300", "data.synthetic.n_topics=6",
               "data.synthetic.mean_events_per_user=20", "train.max_epochs=4", "train.batch_size=128",

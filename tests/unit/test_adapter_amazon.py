@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 from conf.schema import AmazonConfig
-from tasks.adapters import amazon
+from tasks.data.adapters import amazon
 from tasks.schemas import DataError
 
 
@@ -134,7 +134,7 @@ def test_2018_full_reviews_file_is_preferred_over_five_core(tmp_path):
 def test_missing_metadata_gives_items_without_title_and_warns(tmp_path, caplog):
     write_lines(tmp_path / "Books.jsonl.gz", [review_2023("u1", "B1", 1_000)])
     cfg = AmazonConfig(path=str(tmp_path), categories=["Books"])
-    with caplog.at_level(logging.WARNING, logger="tasks.adapters.amazon"):
+    with caplog.at_level(logging.WARNING, logger="tasks.data.adapters.amazon"):
         items = amazon.load(cfg).items.collect()
     assert items.to_dicts() == [{"item_id": "B1", "title": None, "category": None, "domain": "Books"}]
     assert "meta_Books.jsonl.gz" in caplog.text
@@ -235,7 +235,7 @@ def test_failed_metadata_download_only_warns(tmp_path, monkeypatch, caplog):
         write_lines(target, [review_2023("u1", "B1", 1_000)])
 
     monkeypatch.setattr(amazon, "fetch", fetch_reviews_only)
-    with caplog.at_level(logging.WARNING, logger="tasks.adapters.amazon"):
+    with caplog.at_level(logging.WARNING, logger="tasks.data.adapters.amazon"):
         raw = amazon.load(AmazonConfig(path=str(tmp_path), categories=["Books"], download=True))
     assert raw.items.collect()["title"].to_list() == [None]
     assert "metadata is optional" in caplog.text

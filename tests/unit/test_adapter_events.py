@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 from conf.schema import EventLogConfig
-from tasks.adapters import events
+from tasks.data.adapters import events
 from tasks.schemas import DataError
 
 JAN_2_2024 = int(datetime(2024, 1, 2, tzinfo=timezone.utc).timestamp())  # 1704153600

@@ -15,8 +15,8 @@ import pytest
 
 from conf.schema import MovieLensConfig
 from tasks import schemas
-from tasks.adapters import movielens
-from tasks.adapters.files import open_utf8
+from tasks.data.adapters import movielens
+from tasks.data.adapters.files import open_utf8
 from tasks.schemas import DataError
 
 RATINGS = b"1::10::5::978300760\n1::20::3::978302109\n2::10::4::978301968\n2::99::1::978301000\n"

@@ -11,8 +11,8 @@ import pytest
 
 from conf.schema import RecBoleConfig
 from tasks import schemas
-from tasks.adapters import recbole
-from tasks.adapters.files import open_text
+from tasks.data.adapters import recbole
+from tasks.data.adapters.files import open_text
 from tasks.schemas import DataError
 
 ML_1M = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "ml-1m"

@@ -5,7 +5,7 @@ import polars as pl
 import pytest
 
 from conf.schema import SequenceFilesConfig
-from tasks.adapters.sequence_files import SEQUENCE_FILES, load
+from tasks.data.adapters.sequence_files import SEQUENCE_FILES, load
 from tasks.schemas import DataError
 
 ITEMS = "item_id\tdomain\tasin\ttitle\n0\tfood\tA0\tOat Crunch\n1\tfood\tA1\tGreen Tea\n2\tkitchen\tB2\tTea Kettle\n"

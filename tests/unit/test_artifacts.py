@@ -6,11 +6,11 @@ import pytest
 
 from conf.schema import PipelineConfig
 from flows.runners import pretraining_leaders
-from tasks.artifacts import artifact_key, markdown_table, metric_rows, mlflow_run_url, render_run_summary
-from tasks.export import ExportedRecommendations
+from tasks.ops.artifacts import artifact_key, markdown_table, metric_rows, mlflow_run_url, render_run_summary
+from tasks.modelling.export import ExportedRecommendations
 from tasks.io import TableRef
-from tasks.plots import plot_model_metrics
-from tasks.transfer_report import TRANSFER_GAIN_COLUMNS
+from tasks.ops.plots import plot_model_metrics
+from tasks.modelling.transfer_report import TRANSFER_GAIN_COLUMNS
 
 METRICS = ["precision", "recall", "f1", "ndcg", "hit", "mrr"]
 
@@ -121,9 +121,9 @@ def test_later_fractions_of_a_source_then_target_model_wait_for_its_first_pre_tr
 
 
 def test_summary_line_names_every_model_with_its_test_ndcg_the_export_and_where_the_rest_is(tmp_path):
-    from tasks.artifacts import summary_line
+    from tasks.ops.artifacts import summary_line
     from tasks.io import open_cache_dir
-    from tasks.runs import RunContext
+    from tasks.ops.runs import RunContext
 
     run = RunContext("tiny-1", tmp_path / "tiny-1", open_cache_dir(tmp_path / "cache"), "sqlite:///x.db", "abc123")
     exported = ExportedRecommendations("gru", TableRef("r.parquet", "f"), TableRef("r.csv", "f"), 20)

@@ -9,7 +9,7 @@ from models.augmentation import CROP, MASK, augmented_copies, crop, mask, reorde
 from models.data import SequenceData
 from models.extractors import GRURecommender
 from models.transfer_data import SOURCE, TARGET, user_group_views
-from tasks.training import fit_regime
+from tasks.modelling.training import fit_regime
 
 SEQUENCE = np.arange(1, 21)  # 20 distinct items, in order
 

@@ -16,7 +16,7 @@ from models.base import FitSummary
 from models.bert_transfer import BertTransferRecommender
 from models.data import LengthBatches, NextItemWindows, left_pad
 from models.dropout import Dropout, dropout
-from models.registry import build_model
+from models.kinds import build_model
 
 N_ITEMS = 40
 PADDING_FREE_OPTIONS = {

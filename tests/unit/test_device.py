@@ -14,9 +14,9 @@ from models.data import SequenceData, SequenceDataModule, left_pad, ranking_load
 from models.device import on_device, pins_memory, scoring_device, training_precision, uses_cuda
 from models import device as device_module
 from models.metrics import compute_metrics
-from models.registry import build_model
-from tasks.evaluation import candidate_mask, score_users
-from tasks.export import recommend_top_k
+from models.kinds import build_model
+from tasks.modelling.evaluation import candidate_mask, score_users
+from tasks.modelling.export import recommend_top_k
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="no CUDA device: torch.cuda.is_available() is False")

@@ -10,7 +10,7 @@ import torch
 from conf.schema import PipelineConfig, TrainConfig
 from models.data import EvalBatch, NextItemWindows
 from models.domain_attention import DomainSASRecRecommender, next_in_domain
-from models.registry import build_model, load_model
+from models.kinds import build_model, load_model
 from models.transfer_data import OTHER, SOURCE, TARGET
 
 N_SOURCE = 10  # items 1..10 are the source domain, 11..20 the target domain

@@ -13,11 +13,11 @@ import torch
 from conf.schema import EvaluationConfig
 from models.baselines import PopularityRecommender
 from models.data import EvalBatch, SequenceData
-from models.registry import build_model
-from tasks.evaluation import metric_key, score_users, summarize
-from tasks.export import best_model, recommend_top_k
+from models.kinds import build_model
+from tasks.modelling.evaluation import metric_key, score_users, summarize
+from tasks.modelling.export import best_model, recommend_top_k
 from tasks.io import TableRef
-from tasks.training import TrainedModel
+from tasks.modelling.training import TrainedModel
 
 G3 = 1 / math.log2(3)  # DCG gain at rank 1 (ranks from 0)
 G5 = 1 / math.log2(5)  # ... at rank 3
@@ -240,7 +240,7 @@ DOMAINS = torch.tensor([-1, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1])
 
 
 def test_target_domain_candidates_keep_only_items_of_the_held_out_items_domain():
-    from tasks.evaluation import candidate_mask
+    from tasks.modelling.evaluation import candidate_mask
 
     cfg = EvaluationConfig(ks=[1], candidates="target_domain")
     mask = candidate_mask(domain_batch([0, 1, 2]), 11, DOMAINS, cfg)
@@ -250,7 +250,7 @@ def test_target_domain_candidates_keep_only_items_of_the_held_out_items_domain()
 
 
 def test_sampled_candidates_are_the_targets_plus_n_negatives_fixed_per_user():
-    from tasks.evaluation import candidate_mask
+    from tasks.modelling.evaluation import candidate_mask
 
     cfg = EvaluationConfig(ks=[1], candidates="target_domain", sampled_negatives=2, sample_seed=7)
     together = candidate_mask(domain_batch([0, 1, 2]), 11, DOMAINS, cfg)

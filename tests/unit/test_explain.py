@@ -19,11 +19,11 @@ from models.explain import (N_REASONS, InterestEvidence, NeighbourEvidence, NoEv
                             distinct_items, evidence_for, explain, top_reasons)
 from models.itemknn import ItemKNNRecommender
 from models.mapping import EMCDRRecommender, PTUPCDRRecommender
-from models.registry import build_model
+from models.kinds import build_model
 from models.serving import Catalogue, recommend
 from models.transfer_data import SOURCE, TARGET
 from tasks import schemas
-from tasks.export import (CSV_LIST_SEPARATOR, RecommendationWriter, iter_top_k, rank_batch,
+from tasks.modelling.export import (CSV_LIST_SEPARATOR, RecommendationWriter, iter_top_k, rank_batch,
                           recommendation_frame)
 
 N_ITEMS = 31  # items 1..30; 0 is padding

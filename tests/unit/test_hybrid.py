@@ -9,7 +9,7 @@ import torch
 from conf.schema import PipelineConfig, TrainConfig
 from models.data import SequenceData
 from models.hybrid import BLEND_GRID, HybridRecommender, standardised
-from models.registry import build_model, load_model
+from models.kinds import build_model, load_model
 
 N_ITEMS = 41  # items 1..40: two clusters of 20
 SEQUENCE = {"kind": "rnn", "embedding_dim": 8, "hidden_dim": 8, "max_seq_len": 10}

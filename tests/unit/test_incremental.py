@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from conf.schema import EventLogConfig, PreprocessConfig, ScenarioConfig, SplitConfig
-from models.registry import build_model
+from models.kinds import build_model
 from models.warm_start import RemappedRecommender, new_to_old_index, warm_start
-from tasks.event_store import new_batches, read_manifest, update_store
-from tasks.gate import decide
-from tasks.ingestion import RawTables
+from tasks.data.event_store import new_batches, read_manifest, update_store
+from tasks.ops.gate import decide
+from tasks.data.ingestion import RawTables
 from tasks.io import TableRef, fingerprint_file
-from tasks.preprocessing import prepare_data
+from tasks.data.prepare import prepare_data
 from tasks.schemas import DataError
 
 OLD_IDS = ["a", "b", "c", "d"]

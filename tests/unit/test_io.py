@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from tasks import schemas
-from tasks.ingestion import validate_raw
+from tasks.data.ingestion import validate_raw
 from tasks.io import TableRef, atomic_path, read_table, write_csv, write_parquet
 from tasks.schemas import DataError
 

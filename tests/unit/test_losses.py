@@ -11,7 +11,7 @@ from torch.nn import functional as F
 from conf.schema import TrainConfig
 from models.data import SequenceData
 from models.losses import FullSoftmax, GeneralisedBCE, NegativeSampler, SampledSoftmax, build_loss
-from models.registry import build_model
+from models.kinds import build_model
 
 N_ITEMS = 30  # item_idx 1..29, 0 is padding
 

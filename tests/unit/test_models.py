@@ -14,7 +14,7 @@ from models.data import NextItemWindows, SequenceData, left_pad, ranking_loader
 from models.attention import SASRecRecommender
 from models.extractors import CaserRecommender, GRURecommender
 from models.metrics import ndcg_at_k
-from models.registry import build_model, load_model
+from models.kinds import build_model, load_model
 
 N_ITEMS = 30  # item_idx 1..29, 0 is padding
 SMALL_OPTIONS = {

@@ -1,5 +1,5 @@
 """What a config refers to is checked before a run creates anything: the output folder and the text model
-(tasks/preflight.py), and the input data's timestamps (tasks.ingestion.validate_raw)."""
+(tasks/ops/preflight.py), and the input data's timestamps (tasks.data.ingestion.validate_raw)."""
 from __future__ import annotations
 
 import os
@@ -8,8 +8,8 @@ import polars as pl
 import pytest
 
 from conf.loading import load_config, preset_path
-from tasks.ingestion import validate_raw
-from tasks.preflight import check_output_root, check_references
+from tasks.data.ingestion import validate_raw
+from tasks.ops.preflight import check_output_root, check_references
 from tasks.schemas import DataError
 
 

@@ -9,9 +9,9 @@ import pytest
 
 from conf.loading import load_config, preset_path
 from conf.schema import PipelineConfig, PreprocessConfig, ScenarioConfig, SplitConfig
-from tasks.ingestion import RawTables, ingest_dataset
+from tasks.data.ingestion import RawTables, ingest_dataset
 from tasks.io import write_parquet
-from tasks.preprocessing import (
+from tasks.data.preprocessing import (
     TIE,
     UNKNOWN_GROUP,
     PreparedData,
@@ -25,8 +25,8 @@ from tasks.preprocessing import (
     filter_by_rating,
     index_ids,
     k_core,
-    prepare_data,
 )
+from tasks.data.prepare import prepare_data
 from tasks.schemas import DataError
 
 
@@ -423,7 +423,7 @@ def test_users_missing_from_the_users_table_form_an_unknown_group_and_are_warned
     users = pl.DataFrame({"user_id": ["u1"], "gender": ["F"]})  # u2 has no row; a third user has no gender
     users = pl.concat([users, pl.DataFrame({"user_id": ["u3"], "gender": [None]}, schema=users.schema)])
     raw = RawTables(raw.interactions, raw.items, write_parquet(users, tmp_path / "raw" / "users_gender.parquet"))
-    with caplog.at_level("WARNING", logger="tasks.preprocessing"):
+    with caplog.at_level("WARNING", logger="tasks.data.preprocessing"):
         prepared = prepare_data(raw, PreprocessConfig(k_core=1, engine=engine), SplitConfig(),
                                 ScenarioConfig(partition="none", source=None, target=None), "gender", tmp_path)
     groups = dict(pl.read_parquet(prepared.users.path).select("user_id", "gender").iter_rows())
@@ -436,7 +436,7 @@ def test_items_without_titles_among_titled_ones_are_warned_about(tmp_path, caplo
     items = pl.read_parquet(raw.items.path).with_columns(
         pl.when(pl.col("item_id").is_in(["i1", "i2"])).then(None).otherwise(pl.col("title")).alias("title"))
     raw = RawTables(raw.interactions, write_parquet(items, tmp_path / "raw" / "items_half.parquet"), raw.users)
-    with caplog.at_level("WARNING", logger="tasks.preprocessing"):
+    with caplog.at_level("WARNING", logger="tasks.data.preprocessing"):
         prepare_data(raw, PreprocessConfig(k_core=1), SplitConfig(),
                      ScenarioConfig(partition="none", source=None, target=None), None, tmp_path)
     assert "items table: 2 of 6 items of the events have no title" in caplog.text and "'i1'" in caplog.text

@@ -12,16 +12,16 @@ import yaml
 
 from conf.loading import dump_config, load_config, preset_path
 from conf.schema import DataConfig, EventLogConfig, PrivacyConfig
-from tasks import privacy as privacy_module
-from tasks.event_store import MANIFEST, update_store
-from tasks.ingestion import ingest_dataset
-from tasks.privacy import (
+from tasks.data import pseudonyms as privacy_module
+from tasks.data.event_store import MANIFEST, update_store
+from tasks.data.ingestion import ingest_dataset
+from tasks.data.pseudonyms import (
     PseudonymKeyError,
     key_id,
     pseudonym_key,
     pseudonymize,
-    reidentify_run,
 )
+from tasks.ops.reidentify import reidentify_run
 
 KEY = "unit-test-key-0123456789abcdef"
 OTHER_KEY = "another-key-fedcba9876543210"

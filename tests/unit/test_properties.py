@@ -22,10 +22,11 @@ from hypothesis import strategies as st
 
 from conf.schema import PreprocessConfig, ScenarioConfig, SplitConfig
 from models.metrics import METRIC_NAMES, compute_metrics
-from tasks.ingestion import RawTables
+from tasks.data.ingestion import RawTables
+from tasks.data.prepare import prepare_data
+from tasks.data.preprocessing import (TIE, add_tie_break, assign_splits, build_sequences, dedupe, index_events,
+                                      index_ids, k_core)
 from tasks.io import write_parquet
-from tasks.preprocessing import (TIE, add_tie_break, assign_splits, build_sequences, dedupe, index_events,
-                                 index_ids, k_core, prepare_data)
 
 PROPERTY = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SPLIT_ORDER = {"train": 0, "valid": 1, "test": 2}

@@ -13,12 +13,12 @@ import yaml
 from conf.loading import ConfigError, load_config, preset_path
 from conf.schema import TrainConfig
 from models.base import FIT_STATE, fit_signature
-from models.registry import build_model, load_model
-from tasks.event_store import store_dir
+from models.kinds import build_model, load_model
+from tasks.data.event_store import store_dir
 from tasks.io import TableRef, inside
-from tasks.preprocessing import PreparedData
-from tasks.runs import open_run_folder
-from tasks.training import pretrain, train_recommender
+from tasks.data.preprocessing import PreparedData
+from tasks.ops.runs import open_run_folder
+from tasks.modelling.training import pretrain, train_recommender
 
 ROOT = Path(__file__).resolve().parents[2]
 AUDITED = ("conf", "tasks", "models", "flows", "benchmarks")

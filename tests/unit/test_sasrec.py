@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from models.attention import SASRecRecommender
-from models.registry import build_model, load_model
+from models.kinds import build_model, load_model
 
 N_ITEMS = 30  # item_idx 1..29, 0 is padding
 SMALL_OPTIONS = {"embedding_dim": 16, "num_blocks": 2, "num_heads": 2, "max_seq_len": 12}

@@ -21,17 +21,17 @@ from mlflow.tracking import MlflowClient
 from conf.schema import SyntheticConfig, TrainConfig
 from models.data import SequenceData
 from models.explain import N_REASONS
-from models.registry import build_model
+from models.kinds import build_model
 from models.serving import (MAX_ROWS, Catalogue, InvalidRequest, check_k, encode_requests, model_sequence,
                             recommend)
-from tasks import tracking
+from tasks.ops import tracking
 from tasks.io import TableRef, write_parquet
-from tasks.preprocessing import PreparedData
-from tasks.registry import (PublishedModel, RegistryChange, champion_version, download_champion, fetch_champion,
+from tasks.data.preprocessing import PreparedData
+from tasks.ops.registry import (PublishedModel, RegistryChange, champion_version, download_champion, fetch_champion,
                             load_champion_pyfunc, log_recommender, package_model, read_package, register, set_alias,
                             undo_change)
-from tasks.synthetic import generate_shop
-from tasks.training import TrainedModel
+from tasks.data.synthetic import generate_shop
+from tasks.modelling.training import TrainedModel
 
 NAME = "itx-test-serving"
 MAX_SEQ_LEN = 10
@@ -297,7 +297,7 @@ def test_a_history_that_has_seen_every_item_is_answered_400_with_the_reason(stor
 
 
 def test_undoing_a_registration_restores_the_alias_and_deletes_the_version(store):
-    """What a failed run does to the registry (tasks.registry.undo_change), in a registered model of its own."""
+    """What a failed run does to the registry (tasks.ops.registry.undo_change), in a registered model of its own."""
     uri, name = store["uri"], "itx-test-undo"
     artifacts = {name_: str(store["root"] / "package" / file)
                  for name_, file in (("model", "model.pt"), ("items", "items.json"), ("meta", "meta.json"))}

@@ -15,12 +15,13 @@ import pytest
 
 from conf.loading import load_config, preset_path
 from conf.schema import PreprocessConfig, ScenarioConfig, SplitConfig, SyntheticConfig
-from tasks.ingestion import RawTables, ingest_dataset
+from tasks.data.ingestion import RawTables, ingest_dataset
 from tasks.io import write_parquet
-from tasks.preprocessing import PreparedData, prepare_data
+from tasks.data.prepare import prepare_data
+from tasks.data.preprocessing import PreparedData
 from tasks.schemas import DataError
-from tasks.streaming_preprocessing import assign_user_buckets, k_core_files, prepare_data_streaming
-from tasks.synthetic import generate_shop
+from tasks.data.streaming import assign_user_buckets, k_core_files, prepare_data_streaming
+from tasks.data.synthetic import generate_shop
 
 TABLES = ("events", "sequences", "users", "items")
 NO_PARTITION = ScenarioConfig(partition="none", source=None, target=None)

@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 from conf.schema import SyntheticConfig
-from tasks.synthetic import ShopTables, generate_shop
+from tasks.data.synthetic import ShopTables, generate_shop
 
 SMALL = SyntheticConfig(n_users=600, n_items=200)
 

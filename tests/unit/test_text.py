@@ -14,7 +14,7 @@ import torch
 from transformers import AutoTokenizer, BertConfig, BertModel
 
 from models.text import TextModelError, load_text_model, model_fingerprint, resolve_model_path, text_hash
-from tasks.text_embeddings import encode_texts, item_texts
+from tasks.modelling.text_embeddings import encode_texts, item_texts
 
 TITLES = ["Silent Secret Book 3 (books/mystery)", "stainless steel frying pan", "garden hose 20 m"]
 

@@ -10,8 +10,8 @@ from mlflow.tracking import MlflowClient
 
 from conf.loading import load_config, preset_path
 from conf.schema import TrackingConfig
-from tasks import tracking
-from tasks.runs import open_run_folder
+from tasks.ops import tracking
+from tasks.ops.runs import open_run_folder
 
 
 def test_a_uri_set_by_mlflow_during_a_run_does_not_leak_into_the_next_run(tmp_path, monkeypatch):

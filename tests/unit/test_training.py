@@ -2,9 +2,9 @@
 import torch
 
 from conf.loading import load_config, preset_path
-from tasks.ingestion import ingest_dataset
-from tasks.preprocessing import prepare_data
-from tasks.training import model_training, train_recommender
+from tasks.data.ingestion import ingest_dataset
+from tasks.data.prepare import prepare_data
+from tasks.modelling.training import model_training, train_recommender
 
 
 def test_same_seed_gives_identical_weights_whatever_the_global_random_state(tmp_path):
@@ -30,7 +30,7 @@ def test_a_model_may_set_its_own_training_budget_and_the_others_keep_trains():
 
 
 def test_a_model_may_set_its_own_l2sp_and_it_never_reaches_the_constructor():
-    from tasks.training import model_options
+    from tasks.modelling.training import model_options
 
     config = load_config(preset_path("experiments/tiny.yaml"), [
         "models=[{kind: sasrec, name: anchored, l2sp: 0.5}, {kind: rnn, name: plain}]", "train.l2sp=0.1"])

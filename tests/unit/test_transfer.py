@@ -9,7 +9,7 @@ from models.data import SequenceData
 from models.extractors import GRURecommender
 from models.text import TextModelError
 from models.transfer_data import OTHER, SOURCE, TARGET, item_domain_views, keep_items, user_group_views
-from tasks.training import fit_regime
+from tasks.modelling.training import fit_regime
 
 TRAIN = TrainConfig(max_epochs=2, batch_size=32, progress_bar=False, learning_rate=0.01)
 

@@ -8,7 +8,7 @@ import pytest
 from conf.loading import load_config
 from conf.schema import BaselineRole
 from models.metrics import METRIC_NAMES
-from tasks.transfer_report import (
+from tasks.modelling.transfer_report import (
     TRANSFER_GAIN_COLUMNS,
     TRANSFER_GAIN_SCHEMA,
     format_gain_table,

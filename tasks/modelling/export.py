@@ -27,12 +27,12 @@ from models.base import Recommender, rankable_scores
 from models.data import EvalBatch, SequenceData, ranking_loader
 from models.device import on_device, pins_memory, scoring_device
 from models.explain import N_REASONS, Evidence, evidence_for, explain
-from models.registry import load_model
+from models.kinds import load_model
 from tasks import schemas
 from tasks.io import TableRef, atomic_path, fingerprint_file, read_table
-from tasks.preprocessing import PreparedData
-from tasks.training import TrainedModel
-from tasks.transfer import input_data
+from tasks.data.preprocessing import PreparedData
+from tasks.modelling.training import TrainedModel
+from tasks.modelling.transfer import input_data
 
 log = logging.getLogger(__name__)
 

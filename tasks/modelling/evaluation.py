@@ -16,13 +16,13 @@ from models.base import Recommender, rankable_scores
 from models.data import EvalBatch, SequenceData, split_loader
 from models.device import on_device, pins_memory, scoring_device
 from models.metrics import compute_metrics
-from models.registry import load_model
+from models.kinds import load_model
 from models.transfer_data import keep_items
 from tasks import schemas
 from tasks.io import CacheDir, TableRef, fingerprint_text, inside, read_table, write_parquet
-from tasks.preprocessing import PreparedData
-from tasks.training import TrainedModel
-from tasks.transfer import input_data, load_views, only_users
+from tasks.data.preprocessing import PreparedData
+from tasks.modelling.training import TrainedModel
+from tasks.modelling.transfer import input_data, load_views, only_users
 
 log = logging.getLogger(__name__)
 ALL_USERS = "all"

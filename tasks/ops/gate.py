@@ -15,10 +15,10 @@ from conf.schema import PipelineConfig
 from models.base import Recommender
 from models.warm_start import RemappedRecommender, new_to_old_index
 from tasks import schemas
-from tasks.evaluation import domain_codes, score_users
+from tasks.modelling.evaluation import domain_codes, score_users
 from tasks.io import read_table
-from tasks.preprocessing import PreparedData
-from tasks.transfer import input_data
+from tasks.data.preprocessing import PreparedData
+from tasks.modelling.transfer import input_data
 
 
 @dataclass(frozen=True)

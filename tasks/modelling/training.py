@@ -20,12 +20,12 @@ from conf.schema import (FINETUNE_REGIMES, MAPPING_KINDS, ExecutionConfig, Expor
 from models.augmentation import augmented_copies
 from models.base import FitSummary, Recommender, SequentialRecommender
 from models.data import SequenceData
-from models.registry import MODEL_CLASSES, build_model
+from models.kinds import MODEL_CLASSES, build_model
 from models.transfer_data import TransferViews, reads_of, with_extra_sequences
 from tasks.io import (CacheDir, TableRef, atomic_path, file_lock, fingerprint_file, fingerprint_text, inside,
                       write_json)
-from tasks.preprocessing import PreparedData, load_sequence_data  # noqa: F401 (re-exported)
-from tasks.transfer import item_roles, item_text_tensor, load_views
+from tasks.data.preprocessing import PreparedData, load_sequence_data  # noqa: F401 (re-exported)
+from tasks.modelling.transfer import item_roles, item_text_tensor, load_views
 
 log = logging.getLogger(__name__)
 TRAINED_RECORD = "trained.json"  # beside model.pt: how its training went; written last, so it marks a finished model

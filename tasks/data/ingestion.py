@@ -1,9 +1,9 @@
 """Ingestion: bring a dataset's raw tables (interactions, items, users) into the run as Parquet.
 
-Each source is an adapter in `tasks/adapters/` returning lazy frames (see its contract); this
+Each source is an adapter in `tasks/data/adapters/` returning lazy frames (see its contract); this
 module validates them and streams them to Parquet once per (config, seed, input files, pseudonym key
 id) into a content-addressed folder, so every later stage reads the same files. With
-`privacy.pseudonymize_users` the user ids are replaced here by keyed hashes (tasks/privacy.py), so no
+`privacy.pseudonymize_users` the user ids are replaced here by keyed hashes (tasks/data/pseudonyms.py), so no
 later stage sees a raw one.
 """
 from __future__ import annotations
@@ -18,10 +18,10 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from conf.schema import DataConfig, PrivacyConfig
 from tasks import schemas
-from tasks.adapters import DownloadError, RawFrames
+from tasks.data.adapters import DownloadError, RawFrames
 from tasks.io import CacheDir, TableRef, atomic_path, fingerprint_file, fingerprint_text
-from tasks.privacy import key_id, pseudonym_key, pseudonymize_frames
-from tasks.synthetic import generate_shop
+from tasks.data.pseudonyms import key_id, pseudonym_key, pseudonymize_frames
+from tasks.data.synthetic import generate_shop
 
 
 @dataclass(frozen=True)
@@ -49,8 +49,8 @@ def load_synthetic(cfg: DataConfig, seed: int) -> RawFrames:
 
 
 def adapter(source: str):
-    """The adapter module of a real data source (tasks/adapters/<source>.py)."""
-    return importlib.import_module(f"tasks.adapters.{source}")
+    """The adapter module of a real data source (tasks/data/adapters/<source>.py)."""
+    return importlib.import_module(f"tasks.data.adapters.{source}")
 
 
 def load_frames(cfg: DataConfig, seed: int) -> RawFrames:

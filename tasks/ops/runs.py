@@ -32,15 +32,16 @@ from prefect.cache_policies import NO_CACHE
 
 from conf.loading import dump_config
 from conf.schema import PipelineConfig, PlannedModel, regime_of
-from tasks import schemas, tracking
-from tasks.evaluation import metric_key
-from tasks.export import ExportedRecommendations
+from tasks import schemas
+from tasks.ops import tracking
+from tasks.modelling.evaluation import metric_key
+from tasks.modelling.export import ExportedRecommendations
 from tasks.io import (CacheDir, TableRef, file_lock, fingerprint_text, inside, open_cache_dir, read_table, write_csv,
                       write_json, write_text)
-from tasks.plots import plot_model_metrics
-from tasks.preprocessing import PreparedData
-from tasks.training import TrainedModel
-from tasks.transfer_report import format_gain_tables, plot_gain, transfer_gain_table
+from tasks.ops.plots import plot_model_metrics
+from tasks.data.preprocessing import PreparedData
+from tasks.modelling.training import TrainedModel
+from tasks.modelling.transfer_report import format_gain_tables, plot_gain, transfer_gain_table
 
 log = logging.getLogger(__name__)
 TRANSFER_GAIN_FILE = "transfer_gain.csv"
@@ -285,8 +286,8 @@ def tag_data(run: RunContext, prepared: PreparedData) -> str:
 
 
 open_run = task(open_run_folder, name="open-run", cache_policy=NO_CACHE)
-log_metrics = task(record_metrics, name="record-metrics", cache_policy=NO_CACHE)
+record_metrics_task = task(record_metrics, name="record-metrics", cache_policy=NO_CACHE)
 close_run = task(close_run_folder, name="close-run", cache_policy=NO_CACHE)
-transfer_report = task(record_transfer_report, name="transfer-report", cache_policy=NO_CACHE)
-plots = task(record_plots, name="plots", cache_policy=NO_CACHE)
+record_transfer_report_task = task(record_transfer_report, name="transfer-report", cache_policy=NO_CACHE)
+record_plots_task = task(record_plots, name="plots", cache_policy=NO_CACHE)
 data_tags = task(tag_data, name="tag-data", cache_policy=NO_CACHE)

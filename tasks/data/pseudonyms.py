@@ -1,6 +1,6 @@
 """Pseudonymous user ids: raw user ids are replaced at ingestion by HMAC-SHA256(key, id), so that no later
-table, log, MLflow run or export holds one; `itx reidentify` maps a run's recommendations back where the
-key is present.
+table, log, MLflow run or export holds one; `itx reidentify` (tasks/ops/reidentify.py) maps a run's
+recommendations back where the key is present.
 
 The key comes from an environment variable (`privacy.key_env`), else from a Prefect Secret block
 (`privacy.key_secret_block`). It is never logged, written, or part of a cache key: caches and event stores
@@ -12,13 +12,11 @@ from __future__ import annotations
 import hmac
 import logging
 import os
-from dataclasses import dataclass
-from pathlib import Path
 
 import polars as pl
 
-from conf.schema import PipelineConfig, PrivacyConfig
-from tasks.adapters import RawFrames
+from conf.schema import PrivacyConfig
+from tasks.data.adapters import RawFrames
 
 log = logging.getLogger(__name__)
 PSEUDONYM_HEX = 32  # 128 bits of the HMAC: collisions are out of reach for any user count
@@ -131,85 +129,3 @@ def pseudonymize_frames(frames: RawFrames, key: bytes | None) -> RawFrames:
     log.info("pseudonymised %d user ids (%s)", table.height, frames.origin)
     return RawFrames(apply_pseudonyms(frames.interactions, "user_id", table),
                      frames.items, apply_pseudonyms(frames.users, "user_id", table), frames.origin)
-
-
-# --- mapping back: `itx reidentify` ---------------------------------------------------------------------
-
-REIDENTIFIED_NAME = "recommendations_reidentified.parquet"
-EXPORT_NAMES = ("recommendations.parquet", "recommendations.csv")
-
-
-@dataclass(frozen=True)
-class Reidentified:
-    """Where `reidentify_run` wrote the recommendations with raw ids, and how many users it mapped."""
-
-    path: Path
-    users: int
-    rows: int
-
-
-def raw_user_ids(config: PipelineConfig) -> pl.Series:
-    """Every raw user id the run can have seen: the configured dataset's, plus those of the event batches
-    appended to its event store (incremental runs) whose files are still readable."""
-    from conf.schema import EventLogConfig
-    from tasks.adapters import events as event_log
-    from tasks.event_store import read_manifest, store_dir
-    from tasks.ingestion import load_frames
-    from tasks.schemas import DataError
-
-    frames = [load_frames(config.data, config.seed)]
-    for batch in read_manifest(store_dir(config.output.root, config.name))["batches"]:
-        try:  # batches are read as `itx retrain --new-events` reads them: the default column names
-            frames.append(event_log.load(EventLogConfig(interactions=batch["file"])))
-        except DataError as error:
-            log.warning("event batch %s left out: %s", batch["file"], error)
-    parts = [table.select(pl.col("user_id").cast(pl.String)) for f in frames for table in (f.interactions, f.users)]
-    return pl.concat(parts).unique().collect(engine="streaming")["user_id"]
-
-
-def reidentify_run(run_dir: Path, out: Path | None = None) -> Reidentified:
-    """Write a run's recommendations with raw user ids to `out` (default: <run_dir>/recommendations_reidentified
-    .parquet; .csv by extension), recomputing the pseudonyms of the configured data's ids under the key.
-
-    Raises PseudonymKeyError without the key, ValueError when the run is not pseudonymous, when `out` is the
-    run's own export, or when some pseudonym has no raw id under this key (wrong key, or the data changed).
-    """
-    from conf.loading import load_config
-    from tasks.export import CSV_LIST_SEPARATOR
-    from tasks.io import write_csv, write_parquet
-
-    run_dir = Path(run_dir).resolve()
-    config_file, export = run_dir / "config.yaml", run_dir / "recommendations.parquet"
-    for required in (config_file, export):
-        if not required.is_file():
-            raise FileNotFoundError(f"{required}: not found; RUN_DIR must be a finished run folder with "
-                                    "config.yaml and recommendations.parquet")
-    config = load_config(str(config_file), [])
-    if not config.privacy.pseudonymize_users:
-        raise ValueError(f"{config_file}: privacy.pseudonymize_users is off for this run: its recommendations "
-                         "already hold raw user ids")
-    out = (Path(out) if out is not None else run_dir / REIDENTIFIED_NAME).resolve()
-    if out.parent == run_dir and out.name in EXPORT_NAMES:
-        raise ValueError(f"--out {out}: is the run's pseudonymous export, which is never overwritten; "
-                         "choose another file")
-    if out.suffix not in (".parquet", ".csv"):
-        raise ValueError(f"--out {out}: expected a .parquet or .csv file name")
-    key = pseudonym_key(config.privacy)
-    recommendations = pl.read_parquet(export)
-    table = pseudonym_table(raw_user_ids(config), key)
-    mapped = recommendations.join(table, left_on="user_id", right_on=_PSEUDONYM, how="left", maintain_order="left")
-    users = recommendations["user_id"].n_unique()
-    unknown = mapped.filter(pl.col(_RAW).is_null())["user_id"].n_unique()
-    if unknown:
-        hint = ("no user matches: the key is not the one the run used" if unknown == users else
-                "the raw data changed since the run, or the key is not the one it used")
-        raise ValueError(f"{run_dir}: {unknown} of {users} users' pseudonyms have no raw id in the configured "
-                         f"data under the key from the {key_sources(config.privacy)} ({hint})")
-    result = mapped.with_columns(pl.col(_RAW).alias("user_id")).select(recommendations.columns)
-    if out.suffix == ".csv":  # list columns (explanations) joined as in the run's own CSV
-        lists = [name for name, dtype in result.schema.items() if isinstance(dtype, pl.List)]
-        write_csv(result.with_columns(pl.col(name).list.eval(pl.element().cast(pl.String)).list.join(
-            CSV_LIST_SEPARATOR) for name in lists), out)
-    else:
-        write_parquet(result, out)
-    return Reidentified(out, users, result.height)

@@ -10,7 +10,7 @@ Ordering them by item id instead (`id`, the behaviour before the setting) leaks:
 title put same-second bursts in alphabetical order, and a model learns to predict it.
 
 `preprocess.engine: streaming` runs the same steps, built from this module's functions, through
-Parquet files in bounded memory (tasks/streaming_preprocessing.py); the output is the same.
+Parquet files in bounded memory (tasks/data/streaming.py); the output is the same.
 """
 from __future__ import annotations
 
@@ -20,14 +20,12 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-from prefect import task
-from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from conf.schema import PreprocessConfig, ScenarioConfig, SplitConfig
 from models.data import SequenceData
 from tasks import schemas
-from tasks.ingestion import RawTables
-from tasks.io import CacheDir, TableRef, fingerprint_text, read_table, scan_table, write_parquet
+from tasks.data.ingestion import RawTables
+from tasks.io import TableRef, fingerprint_text, read_table, scan_table, write_parquet
 from tasks.schemas import DataError
 
 log = logging.getLogger(__name__)
@@ -351,7 +349,7 @@ def log_summary(prepared: PreparedData, preprocess: PreprocessConfig, detail: st
     )
 
 
-def prepare_data(
+def prepare_data_in_memory(
     raw: RawTables,
     preprocess: PreprocessConfig,
     split: SplitConfig,
@@ -360,14 +358,11 @@ def prepare_data(
     cache_root: Path,
     seed: int | None = None,
 ) -> PreparedData:
-    """Run every preprocessing step on the raw tables and write the results as Parquet.
+    """Run every preprocessing step on the raw tables in memory and write the results as Parquet (the
+    `memory` engine; tasks/data/streaming.py is the other, tasks/data/prepare.py picks one).
 
     `seed`: the run's seed, which orders equal timestamps under `preprocess.tie_order: shuffle`.
     """
-    if preprocess.engine == "streaming":
-        from tasks.streaming_preprocessing import prepare_data_streaming  # imports this module's pieces
-
-        return prepare_data_streaming(raw, preprocess, split, scenario, group_attribute, cache_root, seed=seed)
     interactions = scan_table(raw.interactions, schemas.INTERACTIONS, "interactions")
     raw_count = interactions.select(pl.len()).collect().item()
     numbered = add_tie_break(interactions, preprocess.tie_order, seed)  # before anything reorders the rows
@@ -419,17 +414,3 @@ def check_catalogue_size(prepared: PreparedData, ks: list[int], top_k: int) -> N
     for setting, k in (("evaluation.ks", max(ks)), ("export.top_k", top_k)):
         if k >= n_items:
             raise DataError(f"{setting}: K={k} must be smaller than the catalogue ({n_items} items after preprocessing)")
-
-
-@task(name="preprocess", cache_policy=INPUTS + TASK_SOURCE, persist_result=True)
-def preprocess(
-    raw: RawTables,
-    preprocess_cfg: PreprocessConfig,
-    split: SplitConfig,
-    scenario: ScenarioConfig,
-    group_attribute: str | None,
-    cache: CacheDir,
-    seed: int | None = None,
-) -> PreparedData:
-    """Prefect task: preprocess the raw tables into indexed, split sequences (`seed`: the run's)."""
-    return prepare_data(raw, preprocess_cfg, split, scenario, group_attribute, cache.path, seed)

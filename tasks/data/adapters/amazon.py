@@ -24,8 +24,8 @@ from pathlib import Path
 import polars as pl
 
 from conf.schema import AmazonConfig
-from tasks.adapters import DownloadError, RawFrames, empty_users
-from tasks.adapters.files import has_content, not_utf8_message, open_text
+from tasks.data.adapters import DownloadError, RawFrames, empty_users
+from tasks.data.adapters.files import has_content, not_utf8_message, open_text
 from tasks.io import atomic_path
 from tasks.schemas import DataError
 

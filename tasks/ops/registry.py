@@ -48,12 +48,12 @@ from models.serving import (DEFAULT_K, INPUT_DESCRIPTION, ITEMS_ARTIFACT, MAX_RE
                             MODEL_ARTIFACT, read_catalogue, signature)
 from tasks import schemas
 from tasks.io import read_table, write_json
-from tasks.preprocessing import PreparedData
-from tasks.training import TrainedModel
+from tasks.data.preprocessing import PreparedData
+from tasks.modelling.training import TrainedModel
 
 log = logging.getLogger(__name__)
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # Our code travels with the model (MLflow puts code_paths first on sys.path when loading), so a
 # registered version keeps serving the code it was trained with, from any checkout.
 CODE_PATHS = [str(PROJECT_ROOT / "models"), str(PROJECT_ROOT / "conf")]
@@ -94,7 +94,7 @@ class PackagedModel:
     """A downloaded pyfunc's parts: the model file, its catalogue and its metadata."""
 
     root: Path  # the folder holding MLmodel
-    model_file: Path  # loads with models.registry.load_model
+    model_file: Path  # loads with models.kinds.load_model
     items: pl.DataFrame  # item_idx (1..), item_id, role: the model's own index
     meta: dict[str, Any]  # name, kind, reads, max_seq_len, default_k, n_items, ...
 

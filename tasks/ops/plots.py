@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 
 from tasks.io import atomic_path
 
-ALL_USERS = "all"  # the group of the rows averaged over every user (tasks.evaluation.ALL_USERS)
+ALL_USERS = "all"  # the group of the rows averaged over every user (tasks.modelling.evaluation.ALL_USERS)
 BAR_METRICS = {"ndcg": "NDCG", "hit": "HR"}
 
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import polars as pl
 
 from conf.schema import MovieLensConfig
-from tasks.adapters import DownloadError, RawFrames, empty_users, require_files
-from tasks.adapters.files import CHUNK_BYTES, LINE, open_utf8, scan_lines
+from tasks.data.adapters import DownloadError, RawFrames, empty_users, require_files
+from tasks.data.adapters.files import CHUNK_BYTES, LINE, open_utf8, scan_lines
 from tasks.io import atomic_path
 from tasks.schemas import DataError
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import polars as pl
 
 from conf.schema import RecBoleConfig
-from tasks.adapters import RawFrames, empty_users
-from tasks.adapters.files import LINE, not_utf8_message, open_text, scan_lines
+from tasks.data.adapters import RawFrames, empty_users
+from tasks.data.adapters.files import LINE, not_utf8_message, open_text, scan_lines
 from tasks.schemas import DataError
 
 log = logging.getLogger(__name__)

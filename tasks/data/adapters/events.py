@@ -19,8 +19,8 @@ from pathlib import Path
 import polars as pl
 
 from conf.schema import EventLogConfig
-from tasks.adapters import RawFrames, empty_users, require_files
-from tasks.adapters.files import LINE, first_ragged_line, not_utf8_message, open_text
+from tasks.data.adapters import RawFrames, empty_users, require_files
+from tasks.data.adapters.files import LINE, first_ragged_line, not_utf8_message, open_text
 from tasks.schemas import DataError
 
 TEXT_SEPARATORS = {".csv": ",", ".tsv": "\t"}

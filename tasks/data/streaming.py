@@ -1,6 +1,6 @@
 """Preprocessing of event logs larger than memory (`preprocess.engine: streaming`), same output as in memory.
 
-The steps and their order are those of `tasks.preprocessing.prepare_data`; only where the events
+The steps and their order are those of `tasks.data.preprocessing.prepare_data_in_memory`; only where the events
 live changes. Every pass over all events is a Polars streaming query from Parquet to Parquet in a
 temporary folder, holding only group-by states and id maps (sizes of the user and item sets).
 The steps that need a user's events together and ordered (dedupe, the split, the sequences) run
@@ -8,7 +8,7 @@ in memory one bucket at a time: a bucket is a range of user ids holding about `e
 events. In Polars 2.1 the streaming engine keeps sort, unique, over-windows and list aggregation
 in memory (measured: peak RSS grows with the events), hence the buckets.
 
-1. number the rows as read (the tie-break key, `tasks.preprocessing.add_tie_break`), count events
+1. number the rows as read (the tie-break key, `tasks.data.preprocessing.add_tie_break`), count events
    per user (streamed group-by) and cut the sorted user ids into buckets;
 2. write the rating-filtered events into one Parquet file per bucket (streamed, partitioned sink;
    the files' row order does not matter from here on: every ordering step sorts by the key);
@@ -32,9 +32,9 @@ import polars as pl
 
 from conf.schema import PreprocessConfig, ScenarioConfig, SplitConfig
 from tasks import schemas
-from tasks.ingestion import RawTables, sink_parquet
+from tasks.data.ingestion import RawTables, sink_parquet
 from tasks.io import scan_table, write_parquet
-from tasks.preprocessing import (
+from tasks.data.preprocessing import (
     EVENT_COLUMNS,
     TIE,
     PreparedData,
@@ -104,7 +104,7 @@ def dedupe_buckets(buckets: list[list[Path]], mode: str, folder: Path) -> list[P
 def k_core_files(paths: list[Path], k: int) -> tuple[pl.DataFrame, pl.DataFrame, int]:
     """Rewrite the bucket files to their k-core; the final user and item counts, and the number of rewrites.
 
-    The same iteration as `tasks.preprocessing.k_core`: drop every event whose user or item has
+    The same iteration as `tasks.data.preprocessing.k_core`: drop every event whose user or item has
     fewer than k events, and repeat until nothing changes.
     """
     rounds = 0

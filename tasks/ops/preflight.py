@@ -2,7 +2,7 @@
 
 A run that would fail on a missing text model or an output root that is a file fails here, in
 seconds and with the setting named, instead of after its run folder and MLflow runs exist. The input
-data has its own check (tasks.ingestion.check_source), which `itx run` calls too.
+data has its own check (tasks.data.ingestion.check_source), which `itx run` calls too.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from conf.schema import PipelineConfig
-from tasks.privacy import pseudonym_key_id
+from tasks.data.pseudonyms import pseudonym_key_id
 
 
 def check_output_root(root: str) -> None:

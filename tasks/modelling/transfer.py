@@ -22,8 +22,8 @@ from models.transfer_data import (EMPTY, OTHER, SOURCE, TARGET, TransferViews, i
                                   user_group_views)
 from tasks import schemas
 from tasks.io import CacheDir, TableRef, atomic_path, fingerprint_file, fingerprint_text, read_table
-from tasks.preprocessing import PreparedData, load_sequence_data
-from tasks.text_embeddings import encode_texts, item_texts
+from tasks.data.preprocessing import PreparedData, load_sequence_data
+from tasks.modelling.text_embeddings import encode_texts, item_texts
 
 log = logging.getLogger(__name__)
 ROLE_CODES = {"source": SOURCE, "target": TARGET}

@@ -34,7 +34,7 @@ def resolve_tracking_uri(cfg: TrackingConfig) -> str:
 
 
 # Marks the experiment as model training, which MLflow 3's UI reads to pick its view where its global
-# GenAI / Model-training switch is off; with the switch on, links ask for the view (tasks/artifacts.py).
+# GenAI / Model-training switch is off; with the switch on, links ask for the view (tasks/ops/artifacts.py).
 DESCRIPTION_TAG = "mlflow.note.content"  # what the MLflow UI shows as a run's description
 KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
 

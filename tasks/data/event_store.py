@@ -30,10 +30,10 @@ from prefect.cache_policies import NO_CACHE
 
 from conf.schema import EventLogConfig, PrivacyConfig
 from tasks import schemas
-from tasks.adapters import events as event_log
-from tasks.ingestion import RawTables, validate_raw
+from tasks.data.adapters import events as event_log
+from tasks.data.ingestion import RawTables, validate_raw
 from tasks.io import TableRef, atomic_path, fingerprint_file, inside, write_json, write_parquet
-from tasks.privacy import key_id, pseudonym_key, pseudonymize_frames
+from tasks.data.pseudonyms import key_id, pseudonym_key, pseudonymize_frames
 
 log = logging.getLogger(__name__)
 EVENT_KEY = ["user_id", "item_id", "timestamp"]

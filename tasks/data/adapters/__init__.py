@@ -1,6 +1,6 @@
 """Ingestion adapters: each turns one kind of dataset into the pipeline's three raw tables.
 
-Contract of every adapter (`load(cfg) -> RawFrames`), checked by `tasks.ingestion.validate_raw`:
+Contract of every adapter (`load(cfg) -> RawFrames`), checked by `tasks.data.ingestion.validate_raw`:
 - interactions: user_id String, item_id String, timestamp Int64 (event time in seconds, or the
   position in the user's sequence when the data has no time), optional rating Float64, optional
   event String;

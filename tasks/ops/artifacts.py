@@ -15,11 +15,12 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from conf.schema import PipelineConfig
-from tasks import schemas, tracking
-from tasks.export import ExportedRecommendations
+from tasks import schemas
+from tasks.ops import tracking
+from tasks.modelling.export import ExportedRecommendations
 from tasks.io import TableRef, read_table
-from tasks.runs import TRANSFER_GAIN_FILE, RunContext
-from tasks.transfer_report import TRANSFER_GAIN_SCHEMA, format_gain_table
+from tasks.ops.runs import TRANSFER_GAIN_FILE, RunContext
+from tasks.modelling.transfer_report import TRANSFER_GAIN_SCHEMA, format_gain_table
 
 MLFLOW_UI_URL = "http://127.0.0.1:5000"  # `make mlflow-ui`, serving sqlite:///<repository>/mlflow.db
 ALL_USERS = "all"

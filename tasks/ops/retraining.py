@@ -19,17 +19,17 @@ from pytorch_lightning.loggers import MLFlowLogger
 
 from conf.schema import PipelineConfig
 from models.base import SequentialRecommender
-from models.registry import build_model
+from models.kinds import build_model
 from models.warm_start import new_to_old_index, warm_start
-from tasks import tracking
-from tasks.event_store import StoreUpdate
-from tasks.export import ExportedRecommendations
-from tasks.gate import item_ids
+from tasks.ops import tracking
+from tasks.data.event_store import StoreUpdate
+from tasks.modelling.export import ExportedRecommendations
+from tasks.ops.gate import item_ids
 from tasks.io import TableRef, fingerprint_file, write_json
-from tasks.preprocessing import PreparedData, load_sequence_data
-from tasks.runs import RunContext
-from tasks.training import TrainedModel
-from tasks.transfer import item_roles
+from tasks.data.preprocessing import PreparedData, load_sequence_data
+from tasks.ops.runs import RunContext
+from tasks.modelling.training import TrainedModel
+from tasks.modelling.transfer import item_roles
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import polars as pl
 
 from conf.schema import SequenceFilesConfig
-from tasks.adapters import RawFrames, require_files
-from tasks.adapters.files import first_ragged_line, has_content, not_utf8_message
+from tasks.data.adapters import RawFrames, require_files
+from tasks.data.adapters.files import first_ragged_line, has_content, not_utf8_message
 from tasks.schemas import DataError
 
 SEQUENCE_FILES = ("train_A", "train_B", "train_overlap", "valid", "test")

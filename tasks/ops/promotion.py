@@ -1,7 +1,7 @@
 """Promotion: score a candidate against the registered champion, record the decision, and say who serves.
 
 Shared by the pipeline (its exported model is the candidate) and the incremental flow (the
-fine-tuned champion is the candidate). The registry calls themselves live in tasks/registry.py.
+fine-tuned champion is the candidate). The registry calls themselves live in tasks/ops/registry.py.
 """
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from conf.schema import ModelConfig, PipelineConfig
-from models.registry import load_model
-from tasks import tracking
-from tasks.gate import GateDecision, run_gate
+from models.kinds import load_model
+from tasks.ops import tracking
+from tasks.ops.gate import GateDecision, run_gate
 from tasks.io import write_json
-from tasks.preprocessing import PreparedData
-from tasks.registry import PackagedModel
-from tasks.runs import RunContext
-from tasks.training import TrainedModel
+from tasks.data.preprocessing import PreparedData
+from tasks.ops.registry import PackagedModel
+from tasks.ops.runs import RunContext
+from tasks.modelling.training import TrainedModel
 
 log = logging.getLogger(__name__)
 GATE_FILE = "gate.json"
@@ -65,5 +65,5 @@ def champion_model_config(champion: PackagedModel, config: PipelineConfig) -> Mo
                      f"{config.model_names()}; keep its model section in the config to update it")
 
 
-gate = task(gate_against_champion, name="promotion-gate", cache_policy=NO_CACHE)
+promotion_gate = task(gate_against_champion, name="promotion-gate", cache_policy=NO_CACHE)
 record_decision = task(record_gate, name="record-gate", cache_policy=NO_CACHE)

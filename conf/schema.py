@@ -436,6 +436,7 @@ TRANSFER_KINDS = ("domain_sasrec", "hybrid")
 TRANSFER_REGIMES = ("source_then_target", "pooled_then_target", "joint", "mapping")
 FINETUNE_REGIMES = ("source_then_target", "pooled_then_target")  # pre-train, then fine-tune on the target
 MAPPING_KINDS = ("emcdr", "ptupcdr")
+TEXT_KINDS = ("bert_transfer",)  # kinds that read the items' text embeddings (text.model_path)
 
 
 class TextConfig(Section):

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from conf.schema import TrainConfig
 from models.data import EvalBatch, SequenceData, SequenceDataModule
 from models.device import training_precision, uses_cuda
+from models.explain import Evidence, InterestEvidence
 from models.losses import FullSoftmax, NextItemLoss, build_loss
 from models.metrics import ndcg_at_k
 
@@ -37,6 +38,22 @@ log = logging.getLogger(__name__)
 VALID_METRIC = "curve/valid_ndcg_at_10"
 TRAIN_LOSS = "curve/train_loss"  # per epoch; per step under TRAIN_LOSS_STEP
 TRAIN_LOSS_STEP = "curve/train_loss_step"
+
+
+# Settings a model section may set for itself (NeuralModelSection): they go to its TrainConfig, not its constructor.
+OWN_TRAINING_SETTINGS = ("max_minutes", "l2sp", "augment_copies")
+NOT_CONSTRUCTOR_OPTIONS = frozenset({"kind", "name", "train_on", *OWN_TRAINING_SETTINGS})
+
+
+def section_options(section: Any, keep_kind: bool = False) -> dict[str, Any]:
+    """A model section's own constructor options (a nested extractor keeps its kind)."""
+    return section.model_dump(exclude=NOT_CONSTRUCTOR_OPTIONS - ({"kind"} if keep_kind else set()))
+
+
+def neural_options(train: TrainConfig, exclude_seen: bool) -> dict[str, Any]:
+    """The training settings a neural model's constructor takes."""
+    return {"learning_rate": train.learning_rate, "weight_decay": train.weight_decay,
+            "max_seq_len": train.max_seq_len, "exclude_seen": exclude_seen}
 
 
 @dataclass(frozen=True)
@@ -196,6 +213,9 @@ class SequentialRecommender(pl.LightningModule):
     # item); such models may train on length-sorted batches with the padding columns cut
     # (`train.batching: by_length`).
     reads_padding: ClassVar[bool] = True
+    # Its weights can be carried over to a grown catalogue (models/warm_start.py) and trained further:
+    # an incremental update fine-tunes it instead of refitting it.
+    fine_tunes: ClassVar[bool] = True
 
     def __init__(self, n_items: int, interest_dim: int, learning_rate: float = 1e-3, weight_decay: float = 0.0,
                  max_seq_len: int = 50, exclude_seen: bool = True):
@@ -204,6 +224,12 @@ class SequentialRecommender(pl.LightningModule):
         self.learning_rate, self.weight_decay = learning_rate, weight_decay
         self.max_seq_len, self.exclude_seen = max_seq_len, exclude_seen
         self.output = nn.Linear(interest_dim, n_items)
+
+    @classmethod
+    def options_from(cls, section: Any, train: TrainConfig, exclude_seen: bool, text_dim: int | None = None,
+                     text_model_path: str | None = None) -> dict[str, Any]:
+        """Constructor options from its config section and the run's training settings."""
+        return section_options(section) | neural_options(train, exclude_seen)
 
     def encode(self, history: Tensor) -> Tensor:
         raise NotImplementedError
@@ -233,6 +259,10 @@ class SequentialRecommender(pl.LightningModule):
         scores = self.item_scores(interest)  # [B, n_items]
         scores[:, 0] = float("-inf")  # padding is never recommended
         return scores
+
+    def evidence(self) -> Evidence:
+        """A linear head over the last position's interest: evidence(h, r) = (q_h - q_0)·c_r (models/explain.py)."""
+        return InterestEvidence(self.n_items, lambda history: self.encode(history)[:, -1], lambda: self.output.weight)
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_index: int) -> Tensor:
         loss, positions = self.next_item_training_loss(batch)

@@ -14,6 +14,7 @@ from torch import Tensor
 from conf.schema import TrainConfig
 from models.base import FitSummary, save_payload
 from models.data import SequenceData
+from models.explain import NoEvidence
 
 
 def popularity_scores(counts: Tensor) -> Tensor:
@@ -39,6 +40,10 @@ class PopularityRecommender:
     """
 
     kind: ClassVar[str] = "popularity"
+
+    def evidence(self) -> NoEvidence:
+        """Its score ignores the history: no history item is a reason."""
+        return NoEvidence()
 
     def __init__(self, n_items: int):
         self.n_items = n_items

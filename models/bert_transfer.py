@@ -18,13 +18,15 @@ and an item never seen in training still has a representation to score.
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 from transformers import AutoConfig, BertConfig, BertModel
 
+from conf.schema import TrainConfig
 from models.base import SequentialRecommender
+from models.explain import InterestEvidence
 from models.text import quiet_transformers, resolve_model_path
 
 INIT_STD = 0.02
@@ -81,6 +83,14 @@ class BertTransferRecommender(SequentialRecommender):
         self.item_bias = nn.Parameter(torch.zeros(n_items))
         self.logit_scale = hidden ** -0.5
 
+    @classmethod
+    def options_from(cls, section: Any, train: TrainConfig, exclude_seen: bool, text_dim: int | None = None,
+                     text_model_path: str | None = None) -> dict[str, Any]:
+        """Its own options, the text model it reads, and its own learning rate when the section sets one."""
+        return super().options_from(section, train, exclude_seen) | {
+            "text_dim": text_dim, "text_model_path": text_model_path,
+            "learning_rate": section.learning_rate or train.learning_rate}
+
     def attach_item_text(self, vectors: Tensor) -> None:
         """Set the text embedding of every item: vectors [n_items, text_dim], row 0 for padding."""
         if vectors.shape != self.item_text.shape:
@@ -118,6 +128,11 @@ class BertTransferRecommender(SequentialRecommender):
     def output_rows(self, items: Tensor) -> tuple[Tensor, Tensor]:
         """(scaled representations [..., H], bias [...]) of the given items, as `item_scores` uses them."""
         return self.item_representations(items) * self.logit_scale, self.item_bias[items]
+
+    def evidence(self) -> InterestEvidence:
+        """Its head is each item's text-grounded representation times the logit scale."""
+        return InterestEvidence(self.n_items, lambda history: self.encode(history)[:, -1],
+                                lambda: self.item_representations() * self.logit_scale)
 
     def prepare_finetune(self) -> None:
         """Before fitting on the target: with finetune='adaptor', freeze the encoder's weights."""

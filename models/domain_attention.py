@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from conf.schema import TrainConfig
 from models.attention import SASRecRecommender
 from models.data import EvalBatch
+from models.explain import ScoreEvidence
 from models.losses import NextItemLoss, build_loss
 
 N_DOMAINS = 3  # role codes of models.transfer_data: OTHER (and padding), SOURCE, TARGET
@@ -117,6 +118,10 @@ class DomainSASRecRecommender(SASRecRecommender):
             if len(items):
                 scores[:, items] = self.candidate_scores(self.domain_interest(interest, domain), items).to(scores.dtype)
         return scores
+
+    def evidence(self) -> ScoreEvidence:
+        """Each domain has its own interest, so there is no single linear head: the definition, from score_all."""
+        return ScoreEvidence(self)
 
     def validation_ranking(self, scores: Tensor, batch: EvalBatch) -> Tensor:
         """Scores ranked within the domain of each user's target item.

@@ -14,7 +14,8 @@ the items the cross-domain mapping carried over to the target recommendation), i
 items; a mapping model's non-source items are also masked here, as its score ignores them.
 
 The definition holds for any `Recommender` (`ScoreEvidence` computes it from `score_all`), and each
-kind has a closed form that needs only a [B, K, T] product per batch:
+kind has a closed form that needs only a [B, K, T] product per batch, which the model gives through
+its `evidence()` method:
 - Neural models with a linear head (GRU, Caser, SASRec, BERT transfer; EMCDR and PTUPCDR through
   their target head) score x·c_r + b_r, x the interest, so evidence = (q_h - q_0)·c_r: q_h is the
   interest after the one-item history [h] (for a mapping model: the mapped target interest of the
@@ -36,18 +37,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
-from models.base import Recommender, SequentialRecommender
-from models.baselines import PopularityRecommender
-from models.bert_transfer import BertTransferRecommender
-from models.domain_attention import DomainSASRecRecommender
-from models.itemknn import ItemKNNRecommender
-from models.mapping import MappingRecommender
-from models.transfer_data import SOURCE
+
 
 N_REASONS = 3  # reasons kept per recommended item
 ENCODE_CHUNK = 4096  # one-item histories encoded at once when building the q_h table
@@ -104,7 +99,7 @@ class NoEvidence:
 class NeighbourEvidence:
     """ItemKNN: evidence(h, r) = similarity of r in h's neighbour list (0 when r is not a neighbour)."""
 
-    def __init__(self, model: ItemKNNRecommender):
+    def __init__(self, model: Any):  # an ItemKNNRecommender (its neighbour lists)
         self.n_items = model.n_items
         rows = torch.arange(model.n_items).unsqueeze(1).expand_as(model.neighbour_items)
         kept = model.neighbour_values.cpu() > 0  # drops the right padding (item 0, 0.0)
@@ -164,7 +159,7 @@ class ScoreEvidence:
     """The definition itself, from `score_all`, for any Recommender: U one-item histories scored per batch
     (U its distinct history items), so it costs U × n_items scores; the closed forms above avoid that."""
 
-    def __init__(self, model: Recommender):
+    def __init__(self, model: Any):  # any Recommender (its score_all)
         self.model = model
 
     def __call__(self, history: Tensor, recommended: Tensor) -> Tensor:
@@ -178,21 +173,7 @@ class ScoreEvidence:
             return lifted[position.unsqueeze(1), recommended.unsqueeze(2)]  # [B, K, T]
 
 
-def evidence_for(model: Recommender) -> Evidence:
-    """The evidence function of a model: its kind's closed form, else the `score_all` definition."""
-    if isinstance(model, PopularityRecommender):
-        return NoEvidence()
-    if isinstance(model, ItemKNNRecommender):
-        return NeighbourEvidence(model)
-    if isinstance(model, MappingRecommender):
-        return InterestEvidence(model.n_items, lambda h: model.mapped_interest(model.source_history(h)),
-                                lambda: model.target_extractor.output.weight,
-                                lambda: model.item_role == SOURCE)
-    if isinstance(model, BertTransferRecommender):
-        return InterestEvidence(model.n_items, lambda h: model.encode(h)[:, -1],
-                                lambda: model.item_representations() * model.logit_scale)
-    if isinstance(model, DomainSASRecRecommender):  # each domain has its own interest: no single linear head
-        return ScoreEvidence(model)
-    if isinstance(model, SequentialRecommender):
-        return InterestEvidence(model.n_items, lambda h: model.encode(h)[:, -1], lambda: model.output.weight)
-    return ScoreEvidence(model)
+def evidence_for(model: Any) -> Evidence:
+    """The evidence function of a model: the closed form it gives (its `evidence()`), else the `score_all`
+    definition. Each model kind says for itself which one fits its scoring (see the module docstring)."""
+    return model.evidence() if hasattr(model, "evidence") else ScoreEvidence(model)

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from conf.schema import TrainConfig
 from models.attention import SASRecRecommender
-from models.base import FitSummary, SequentialRecommender, save_payload
+from models.base import FitSummary, SequentialRecommender, neural_options, save_payload, section_options
 from models.data import SequenceData, split_loader
 from models.domain_attention import DomainSASRecRecommender
 from models.extractors import CaserRecommender, GRURecommender
@@ -61,6 +61,13 @@ class HybridRecommender:
     """A sequence model and ItemKNN fitted on the same data, scores blended with a weight fitted on validation."""
 
     kind: ClassVar[str] = "hybrid"
+
+    @classmethod
+    def options_from(cls, section: Any, train: TrainConfig, exclude_seen: bool, text_dim: int | None = None,
+                     text_model_path: str | None = None) -> dict[str, Any]:
+        """The sequence model's options (with its kind) and the ItemKNN neighbours."""
+        return {"sequence": section_options(section.sequence, keep_kind=True) | neural_options(train, exclude_seen),
+                "neighbours": section.neighbours}
 
     def __init__(self, n_items: int, sequence: dict[str, Any], neighbours: int = 100, blend: float | None = None):
         """sequence: {"kind": rnn | cnn | sasrec | domain_sasrec, **that model's constructor options}."""

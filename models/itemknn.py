@@ -23,6 +23,7 @@ from torch import Tensor
 from conf.schema import TrainConfig
 from models.base import FitSummary, save_payload
 from models.data import SequenceData
+from models.explain import NeighbourEvidence
 
 RECENCY_DECAY = 0.9  # weight of an item one step further back than the next more recent one
 
@@ -74,6 +75,10 @@ class ItemKNNRecommender:
     """Scores an item by its summed similarity to the user's history items, recent ones weighted higher."""
 
     kind: ClassVar[str] = "itemknn"
+
+    def evidence(self) -> NeighbourEvidence:
+        """evidence(h, r) = sim(h, r): its score of r sums these over the history."""
+        return NeighbourEvidence(self)
 
     def __init__(self, n_items: int, neighbours: int = 100):
         self.n_items, self.neighbours = n_items, neighbours

@@ -1,4 +1,7 @@
-"""Model kinds by name: config says `kind: rnn`, this table says which class builds it."""
+"""Model kinds by name: config says `kind: rnn`, this table says which class builds it, with which options.
+
+Adding a model: its class in its own file (its options, training hooks, evidence for explanations and
+warm-start support are its own), its config section in conf/schema.py, and a row here."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,8 +9,10 @@ from typing import Any
 
 import torch
 
+from conf.schema import TrainConfig
+
 from models.attention import SASRecRecommender
-from models.base import Recommender
+from models.base import OWN_TRAINING_SETTINGS, Recommender, section_options
 from models.baselines import PopularityRecommender
 from models.bert_transfer import BertTransferRecommender
 from models.domain_attention import DomainSASRecRecommender
@@ -28,6 +33,17 @@ MODEL_CLASSES: dict[str, Any] = {
     EMCDRRecommender.kind: EMCDRRecommender,
     PTUPCDRRecommender.kind: PTUPCDRRecommender,
 }
+
+
+def constructor_options(section: Any, train: TrainConfig, exclude_seen: bool, text_dim: int | None = None,
+                        text_model_path: str | None = None) -> dict[str, Any]:
+    """The options `build_model` passes to the constructor of a config section's kind: the kind's own
+    `options_from` when it has one (neural models add the training settings, nested models theirs), else
+    the section's fields."""
+    model_class = MODEL_CLASSES[section.kind]
+    if hasattr(model_class, "options_from"):
+        return model_class.options_from(section, train, exclude_seen, text_dim, text_model_path)
+    return section_options(section)
 
 
 def build_model(kind: str, n_items: int, options: dict[str, Any]) -> Recommender:

@@ -36,9 +36,10 @@ from torch.utils.data import DataLoader
 
 from conf.schema import TrainConfig
 from models.attention import SASRecRecommender
-from models.base import FitSummary, SequentialRecommender, save_payload
+from models.base import FitSummary, SequentialRecommender, neural_options, save_payload, section_options
 from models.data import SequenceData, left_pad
 from models.device import training_precision
+from models.explain import InterestEvidence
 from models.extractors import CaserRecommender, GRURecommender
 from models.transfer_data import SOURCE, TARGET, TransferViews
 
@@ -69,6 +70,14 @@ class MappingRecommender(nn.Module):
     """
 
     kind: ClassVar[str] = ""
+
+    @classmethod
+    def options_from(cls, section: Any, train: TrainConfig, exclude_seen: bool, text_dim: int | None = None,
+                     text_model_path: str | None = None) -> dict[str, Any]:
+        """The extractors' options (with their kind), the mapping's size, and its own training loop's settings."""
+        return {"extractor": section_options(section.extractor, keep_kind=True) | neural_options(train, exclude_seen),
+                "mapping_hidden": section.mapping_hidden, "learning_rate": train.learning_rate,
+                "max_epochs": train.max_epochs, "patience": train.patience}
 
     def __init__(self, n_items: int, extractor: dict[str, Any], mapping_hidden: int = 128,
                  learning_rate: float = 1e-3, max_epochs: int = 50, patience: int = 5):
@@ -121,6 +130,11 @@ class MappingRecommender(nn.Module):
         scores = self.target_extractor.item_scores(self.mapped_interest(self.source_history(history)))
         scores[:, 0] = float("-inf")  # padding is never recommended
         return scores
+
+    def evidence(self) -> InterestEvidence:
+        """The target head over the mapped interest of the one-source-item history; only source items are read."""
+        return InterestEvidence(self.n_items, lambda history: self.mapped_interest(self.source_history(history)),
+                                lambda: self.target_extractor.output.weight, lambda: self.item_role == SOURCE)
 
     def fit(self, data: SequenceData, train: TrainConfig | None = None, seed: int = 0,
             loggers: Sequence[Logger] = (), checkpoint_dir: Path | None = None) -> FitSummary:

@@ -15,12 +15,12 @@ from prefect.context import TaskRunContext
 from prefect.settings import PREFECT_TASKS_REFRESH_CACHE
 from pytorch_lightning.loggers import Logger, MLFlowLogger
 
-from conf.schema import (FINETUNE_REGIMES, MAPPING_KINDS, ExecutionConfig, ExportConfig, OutputConfig, PipelineConfig, PlannedModel,
-                         RegistryConfig, TrackingConfig, TrainConfig, regime_of)
+from conf.schema import (FINETUNE_REGIMES, TEXT_KINDS, ExecutionConfig, ExportConfig, OutputConfig, PipelineConfig,
+                         PlannedModel, RegistryConfig, TrackingConfig, TrainConfig, regime_of)
 from models.augmentation import augmented_copies
-from models.base import FitSummary, Recommender, SequentialRecommender
+from models.base import FitSummary, Recommender
 from models.data import SequenceData
-from models.kinds import MODEL_CLASSES, build_model
+from models.kinds import OWN_TRAINING_SETTINGS, build_model, constructor_options
 from models.transfer_data import TransferViews, reads_of, with_extra_sequences
 from tasks.io import (CacheDir, TableRef, atomic_path, file_lock, fingerprint_file, fingerprint_text, inside,
                       write_json)
@@ -58,30 +58,9 @@ def training_settings(config: PipelineConfig) -> PipelineConfig:
 
 
 def model_options(planned: PlannedModel, config: PipelineConfig, text_dim: int | None) -> dict:
-    """Constructor options of the planned model: its own section, plus training settings for neural ones."""
-    model_cfg, train = planned.model, config.train
-    exclude_seen = config.evaluation.exclude_seen
-    options = model_cfg.model_dump(exclude=NOT_CONSTRUCTOR_OPTIONS)
-    neural = {"learning_rate": train.learning_rate, "weight_decay": train.weight_decay,
-              "max_seq_len": train.max_seq_len, "exclude_seen": exclude_seen}
-    if model_cfg.kind == "hybrid":
-        sequence = model_cfg.sequence.model_dump(exclude=NOT_CONSTRUCTOR_OPTIONS - {"kind"}) | neural
-        return {"sequence": sequence, "neighbours": model_cfg.neighbours}
-    if model_cfg.kind in MAPPING_KINDS:
-        extractor = model_cfg.extractor.model_dump(exclude=NOT_CONSTRUCTOR_OPTIONS - {"kind"}) | neural
-        return {"extractor": extractor, "mapping_hidden": model_cfg.mapping_hidden,
-                "learning_rate": train.learning_rate, "max_epochs": train.max_epochs, "patience": train.patience}
-    if issubclass(MODEL_CLASSES[model_cfg.kind], SequentialRecommender):
-        options |= neural
-    if model_cfg.kind == "bert_transfer":
-        options |= {"text_dim": text_dim, "text_model_path": config.text.model_path,
-                    "learning_rate": model_cfg.learning_rate or train.learning_rate}
-    return options
-
-
-# Settings a model section may set for itself (NeuralModelSection): they go to its TrainConfig, not its constructor.
-OWN_TRAINING_SETTINGS = ("max_minutes", "l2sp", "augment_copies")
-NOT_CONSTRUCTOR_OPTIONS = {"kind", "name", "train_on", *OWN_TRAINING_SETTINGS}
+    """Constructor options of the planned model (its kind says how: models.kinds.constructor_options)."""
+    return constructor_options(planned.model, config.train, config.evaluation.exclude_seen, text_dim,
+                               config.text.model_path)
 
 
 def model_training(planned: PlannedModel, config: PipelineConfig) -> TrainConfig:
@@ -204,7 +183,7 @@ def train_recommender(prepared: PreparedData, planned: PlannedModel, config: Pip
         views = (load_views(prepared, config.scenario, config.transfer, planned.target_fraction, seed)
                  if config.is_transfer() else None)
         data = load_sequence_data(prepared) if views is None else None
-        vectors = item_text_tensor(item_text) if item_text is not None and model_cfg.kind == "bert_transfer" else None
+        vectors = item_text_tensor(item_text) if item_text is not None and model_cfg.kind in TEXT_KINDS else None
         # Seed before the model is built: weight initialisation draws from the global generator too.
         pl.seed_everything(seed, workers=True)
         model = build_model(model_cfg.kind, prepared.n_items,

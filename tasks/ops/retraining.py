@@ -18,7 +18,6 @@ from prefect.cache_policies import NO_CACHE
 from pytorch_lightning.loggers import MLFlowLogger
 
 from conf.schema import PipelineConfig
-from models.base import SequentialRecommender
 from models.kinds import build_model
 from models.warm_start import new_to_old_index, warm_start
 from tasks.ops import tracking
@@ -48,7 +47,7 @@ def finetune_model(champion_file: Path, champion_item_ids: list[str], name: str,
     candidate = build_model(kind, prepared.n_items, hparams)
     data = load_sequence_data(prepared)
     loggers = [MLFlowLogger(tracking_uri=tracking_uri, run_id=mlflow_run_id)] if mlflow_run_id else []
-    if isinstance(candidate, SequentialRecommender):
+    if getattr(candidate, "fine_tunes", False):
         carried = warm_start(candidate, payload["state_dict"], old_n_items,
                              new_to_old_index(champion_item_ids, item_ids(prepared)))
         log.info("fine-tuning %s from the champion: %d of %d items carried over, at most %d epochs",

@@ -12,7 +12,7 @@ import yaml
 
 from conf.loading import ConfigError, load_config, preset_path
 from conf.schema import TrainConfig
-from models.base import FIT_STATE, fit_signature
+from models.checkpoints import FIT_STATE, fit_signature
 from models.kinds import build_model, load_model
 from tasks.data.event_store import store_dir
 from tasks.io import TableRef, inside

@@ -17,8 +17,7 @@ from tasks.ops.artifacts import publish_artifacts
 from tasks.io import TableRef, open_cache_dir
 from tasks.ops.preflight import check_references
 from tasks.data.preprocessing import PreparedData
-from tasks.ops.registry import promote_model, withdraw
-from tasks.ops.runs import close_run, fail_run, name_after_run_folder, open_run
+from tasks.ops.runs import close_run, name_after_run_folder, tracked_run
 
 
 @dataclass(frozen=True)
@@ -39,23 +38,17 @@ def pipeline_flow(config: PipelineConfig) -> PipelineResult:
     check_references(config)  # a missing pseudonym key, text model or output folder: before anything is created
     # Data first: bad input fails here, before a run folder or an MLflow run exists.
     prepared = data_flow(config, open_cache_dir(Path(config.output.root).resolve() / "cache"))
-    run = open_run(config, flow_run.get_id(), flow_run.get_name())
-    change = None  # what this run registered: withdrawn if anything fails before the run's end
-    try:
+    with tracked_run(config, flow_run.get_id(), flow_run.get_name()) as tracked:
+        run = tracked.run
         with shared_task_runner(config.execution) as runner:  # one Dask cluster (or thread) for both stages
             trained = training_flow.with_options(task_runner=runner)(config, prepared, run)
             metrics = evaluation_flow.with_options(task_runner=runner)(config, prepared, trained, run)
         exported = export_flow(config, prepared, trained, metrics, run)
         if config.registry.enabled:
-            change = registration_flow(config, prepared, trained, exported, run)
+            candidate = next(model for model in trained if model.name == exported.model)
+            tracked.change = registration_flow(config, prepared, candidate, run).change
         close_run(run, metrics, exported, prepared)
         summary = publish_artifacts(run, config, metrics, exported)  # it reads the finished run folder
-        if change is not None:  # last: the champion changes only once everything else has succeeded
-            promote_model(run.tracking_uri, change)
+        tracked.promote()  # last: the champion changes only once everything else has succeeded
         get_run_logger().info(summary)  # the flow run's log ends with its summary
-    except BaseException as error:
-        if change is not None:
-            withdraw(run.tracking_uri, change)  # a plain call: no task machinery while failing
-        fail_run(run, error)
-        raise
     return PipelineResult(run.run_dir, run.mlflow_run_id, run.tracking_uri, metrics, exported, prepared)

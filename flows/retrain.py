@@ -5,26 +5,26 @@ The "real-time update" of the product, done as frequent small runs (the nightly-
 from dataclasses import dataclass
 from pathlib import Path
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from conf.schema import EventLogConfig, PipelineConfig
+from flows.registration import registration_flow
 from tasks.data.event_store import new_batches, store_dir, update_event_store
+from tasks.data.ingestion import ingest, source_fingerprint
+from tasks.data.prepare import preprocess
+from tasks.data.preprocessing import check_catalogue_size
+from tasks.data.pseudonyms import pseudonym_key_id
+from tasks.io import open_cache_dir
 from tasks.modelling.evaluation import evaluate
 from tasks.modelling.export import export
 from tasks.ops.gate import GateDecision
-from tasks.data.ingestion import ingest, source_fingerprint
-from tasks.io import open_cache_dir
-from tasks.data.prepare import preprocess
-from tasks.data.preprocessing import check_catalogue_size
 from tasks.ops.preflight import check_references
-from tasks.data.pseudonyms import pseudonym_key_id
-from tasks.ops.promotion import champion_model_config, promotion_gate, record_decision
-from tasks.ops.registry import fetch_champion, promote_model, register_model, registered_name, withdraw
+from tasks.ops.promotion import champion_model_config
+from tasks.ops.registry import fetch_champion, registered_name
 from tasks.ops.retraining import close_retrain, finetune
-from tasks.ops.runs import fail_run, name_after_run_folder, open_run, record_metrics_task
+from tasks.ops.runs import name_after_run_folder, record_metrics_task, tracked_run
 from tasks.ops.tracking import resolve_tracking_uri
-
 
 @dataclass(frozen=True)
 class RetrainResult:
@@ -57,15 +57,15 @@ def retrain_flow(config: PipelineConfig, new_events: EventLogConfig | None = Non
     base = ingest(config.data, config.seed, cache, source_fingerprint(config.data), config.privacy,
                   pseudonym_key_id(config.privacy))
     update = update_event_store(store, base, new_batches(store, new_events), config.privacy)
-    print(f"event store {store}: {update.added} new events appended ({update.duplicates} duplicates skipped), "
-          f"{update.total} in all")
+    logger = get_run_logger()
+    logger.info("event store %s: %d new events appended (%d duplicates skipped), %d in all", store, update.added,
+                update.duplicates, update.total)
     if update.added == 0 and not force:
-        print("nothing new since the last update: the champion stays as it is")
+        logger.info("nothing new since the last update: the champion stays as it is")
         return RetrainResult(0, None, None, None)
 
-    run = open_run(config, flow_run.get_id(), flow_run.get_name())
-    change = None  # what this run registered: withdrawn if anything fails before the run's end
-    try:
+    with tracked_run(config, flow_run.get_id(), flow_run.get_name()) as tracked:
+        run = tracked.run
         prepared = preprocess(update.raw, config.preprocess, config.split, config.scenario,
                               config.evaluation.group_attribute, run.cache, config.seed)
         check_catalogue_size(prepared, config.evaluation.ks, config.export.top_k)
@@ -76,24 +76,13 @@ def retrain_flow(config: PipelineConfig, new_events: EventLogConfig | None = Non
         table = evaluate(prepared, candidate, config.evaluation, config.scenario.name, config.train.max_seq_len,
                          run.cache)
         metrics = record_metrics_task(run, [candidate], [table], prepared)
-        decision = promotion_gate(candidate, champion, prepared, config)
-        version, exported = None, None
-        if decision.promoted:
-            change = register_model(candidate, prepared, config.train.max_seq_len, run.run_dir / "model",
-                                    run.tracking_uri, run.mlflow_run_id, name, config.registry.alias,
-                                    {"run_name": run.name, "gate": decision.reason, "update": "incremental"},
-                                    config.registry.max_request_bytes)
-            version = change.published.version
-            exported = export(prepared, [candidate], metrics, config.export, config.train.max_seq_len, run.run_dir)
-        record_decision(run, decision, version)
+        registration = registration_flow(config, prepared, candidate, run, champion, {"update": "incremental"})
+        tracked.change = registration.change
+        exported = (export(prepared, [candidate], metrics, config.export, config.train.max_seq_len, run.run_dir)
+                    if registration.change is not None else None)
         close_retrain(run, metrics, exported, prepared, update)
-        if change is not None:  # last: the champion changes only once everything else has succeeded
-            promote_model(run.tracking_uri, change)
-    except BaseException as error:
-        if change is not None:
-            withdraw(run.tracking_uri, change)  # a plain call: no task machinery while failing
-        fail_run(run, error)
-        raise
-    print(f"gate ({decision.metric}): {decision.reason} -> "
-          f"{'promoted as version ' + version if version else 'champion kept'}")
-    return RetrainResult(update.added, run.run_dir, decision, version)
+        tracked.promote()  # last: the champion changes only once everything else has succeeded
+    decision = registration.decision
+    logger.info("gate (%s): %s -> %s", decision.metric, decision.reason,
+                f"promoted as version {registration.version}" if registration.version else "champion kept")
+    return RetrainResult(update.added, run.run_dir, decision, registration.version)

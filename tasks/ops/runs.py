@@ -21,7 +21,8 @@ import logging
 import os
 import secrets
 import shutil
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,6 +40,7 @@ from tasks.modelling.export import ExportedRecommendations
 from tasks.io import (CacheDir, TableRef, file_lock, fingerprint_text, inside, open_cache_dir, read_table, write_csv,
                       write_json, write_text)
 from tasks.ops.plots import plot_model_metrics
+from tasks.ops.registry import RegistryChange, promote_model, withdraw
 from tasks.data.preprocessing import PreparedData
 from tasks.modelling.training import TrainedModel
 from tasks.modelling.transfer_report import format_gain_tables, plot_gain, transfer_gain_table
@@ -248,6 +250,33 @@ def fail_run(run: RunContext, error: BaseException | None = None) -> None:
         log.warning("could not mark run folder %s as failed: %s", run.run_dir, problem)
     for run_id in [*run.model_run_ids.values(), run.mlflow_run_id]:
         tracking.end_run(run.tracking_uri, run_id, "KILLED" if interrupted else "FAILED")
+
+
+@dataclass
+class TrackedRun:
+    """An open run, and what it registered (withdrawn by `tracked_run` if the run fails before its end)."""
+
+    run: RunContext
+    change: RegistryChange | None = None
+
+    def promote(self) -> None:
+        """Move the alias to the registered version: the run's last step, once everything else succeeded."""
+        if self.change is not None:
+            promote_model(self.run.tracking_uri, self.change)
+
+
+@contextmanager
+def tracked_run(config: PipelineConfig, flow_run_id: str | None, flow_run_name: str | None) -> Iterator[TrackedRun]:
+    """Open the run folder and MLflow runs; on any failure inside, withdraw what the run registered, mark the
+    folder and the MLflow runs failed (docs/guarantees.md), and re-raise."""
+    tracked = TrackedRun(open_run(config, flow_run_id, flow_run_name))
+    try:
+        yield tracked
+    except BaseException as error:
+        if tracked.change is not None:
+            withdraw(tracked.run.tracking_uri, tracked.change)  # a plain call: no task machinery while failing
+        fail_run(tracked.run, error)
+        raise
 
 
 def mark_killed_runs(tracking_uri: str, experiment: str) -> None:

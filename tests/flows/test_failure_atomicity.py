@@ -35,7 +35,7 @@ STAGES = [
     (flows.registration, "record_decision"),  # after the version is registered
     (flows.pipeline, "close_run"),
     (flows.pipeline, "publish_artifacts"),
-    (flows.pipeline, "promote_model"),  # the alias move itself
+    (tasks.ops.runs, "promote_model"),  # the alias move itself (TrackedRun.promote)
 ]
 REGISTERED_BEFORE_FAILING = {"record_decision", "close_run", "publish_artifacts", "promote_model"}  # gate.json
 # is written by record_decision, so it tells the version registered for the last three

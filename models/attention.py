@@ -29,8 +29,11 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from conf.schema import SASRecConfig, TrainConfig
 from models.base import SequentialRecommender
 from models.dropout import Dropout, dropout
+
+SASREC, TRAIN = SASRecConfig(), TrainConfig()  # the defaults, from the config schema
 
 INIT_STD = 0.02
 
@@ -87,9 +90,11 @@ class SASRecRecommender(SequentialRecommender):
     kind = "sasrec"
     reads_padding = False  # padding is masked out of attention; positions count back from the last item
 
-    def __init__(self, n_items: int, embedding_dim: int = 64, num_blocks: int = 2, num_heads: int = 1,
-                 dropout: float = 0.2, tie_output: bool = False, learning_rate: float = 1e-3,
-                 weight_decay: float = 0.0, max_seq_len: int = 50, exclude_seen: bool = True):
+    def __init__(self, n_items: int, embedding_dim: int = SASREC.embedding_dim, num_blocks: int = SASREC.num_blocks,
+                 num_heads: int = SASREC.num_heads, dropout: float = SASREC.dropout,
+                 tie_output: bool = SASREC.tie_output, learning_rate: float = TRAIN.learning_rate,
+                 weight_decay: float = TRAIN.weight_decay, max_seq_len: int = TRAIN.max_seq_len,
+                 exclude_seen: bool = True):
         super().__init__(n_items, embedding_dim, learning_rate, weight_decay, max_seq_len, exclude_seen)
         self.save_hyperparameters()
         self.item_embedding = nn.Embedding(n_items, embedding_dim, padding_idx=0)

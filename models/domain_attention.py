@@ -32,8 +32,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from conf.schema import TrainConfig
-from models.attention import SASRecRecommender
+from conf.schema import DomainSASRecConfig, TrainConfig
+from models.attention import SASREC, TRAIN, SASRecRecommender
 from models.data import EvalBatch
 from models.explain import ScoreEvidence
 from models.losses import NextItemLoss, build_loss
@@ -67,10 +67,11 @@ class DomainSASRecRecommender(SASRecRecommender):
 
     kind = "domain_sasrec"
 
-    def __init__(self, n_items: int, embedding_dim: int = 64, num_blocks: int = 2, num_heads: int = 1,
-                 dropout: float = 0.2, tie_output: bool = False, learning_rate: float = 1e-3,
-                 weight_decay: float = 0.0, max_seq_len: int = 50, exclude_seen: bool = True,
-                 lookahead: bool = True):
+    def __init__(self, n_items: int, embedding_dim: int = SASREC.embedding_dim, num_blocks: int = SASREC.num_blocks,
+                 num_heads: int = SASREC.num_heads, dropout: float = SASREC.dropout,
+                 tie_output: bool = SASREC.tie_output, learning_rate: float = TRAIN.learning_rate,
+                 weight_decay: float = TRAIN.weight_decay, max_seq_len: int = TRAIN.max_seq_len,
+                 exclude_seen: bool = True, lookahead: bool = DomainSASRecConfig().lookahead):
         super().__init__(n_items, embedding_dim, num_blocks, num_heads, dropout, tie_output, learning_rate,
                          weight_decay, max_seq_len, exclude_seen)
         self.save_hyperparameters()

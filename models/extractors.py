@@ -13,8 +13,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from conf.schema import CNNConfig, RNNConfig, TrainConfig
 from models.base import SequentialRecommender
 from models.dropout import Dropout
+
+# The defaults live in the config schema, once; a model built without a setting takes the schema's.
+RNN, CNN, TRAIN = RNNConfig(), CNNConfig(), TrainConfig()
 
 
 class GRURecommender(SequentialRecommender):
@@ -23,9 +27,10 @@ class GRURecommender(SequentialRecommender):
     kind = "rnn"
     reads_padding = False  # each history runs from its first item, padding after it (see encode)
 
-    def __init__(self, n_items: int, embedding_dim: int = 64, hidden_dim: int = 128, num_layers: int = 1,
-                 dropout: float = 0.2, learning_rate: float = 1e-3, weight_decay: float = 0.0,
-                 max_seq_len: int = 50, exclude_seen: bool = True):
+    def __init__(self, n_items: int, embedding_dim: int = RNN.embedding_dim, hidden_dim: int = RNN.hidden_dim,
+                 num_layers: int = RNN.num_layers, dropout: float = RNN.dropout,
+                 learning_rate: float = TRAIN.learning_rate, weight_decay: float = TRAIN.weight_decay,
+                 max_seq_len: int = TRAIN.max_seq_len, exclude_seen: bool = True):
         super().__init__(n_items, hidden_dim, learning_rate, weight_decay, max_seq_len, exclude_seen)
         self.save_hyperparameters()
         self.item_embedding = nn.Embedding(n_items, embedding_dim, padding_idx=0)
@@ -63,9 +68,11 @@ class CaserRecommender(SequentialRecommender):
     kind = "cnn"
     reads_padding = False  # the convolutions pad with zeros themselves, the same as padding's zero embedding
 
-    def __init__(self, n_items: int, embedding_dim: int = 64, window: int = 5, horizontal_filters: int = 16,
-                 vertical_filters: int = 4, dropout: float = 0.3, learning_rate: float = 1e-3,
-                 weight_decay: float = 0.0, max_seq_len: int = 50, exclude_seen: bool = True):
+    def __init__(self, n_items: int, embedding_dim: int = CNN.embedding_dim, window: int = CNN.window,
+                 horizontal_filters: int = CNN.horizontal_filters, vertical_filters: int = CNN.vertical_filters,
+                 dropout: float = CNN.dropout, learning_rate: float = TRAIN.learning_rate,
+                 weight_decay: float = TRAIN.weight_decay, max_seq_len: int = TRAIN.max_seq_len,
+                 exclude_seen: bool = True):
         super().__init__(n_items, embedding_dim, learning_rate, weight_decay, max_seq_len, exclude_seen)
         self.save_hyperparameters()
         self.window = window

@@ -20,10 +20,14 @@ before any server, MLflow run or run folder starts, so bad data fails in seconds
 """
 import argparse
 import os
+import signal
 import sys
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import flows  # noqa: F401  (sets offline-safe environment defaults before Prefect is imported)
 from conf.loading import ConfigError, dump_config, load_config, preset_path
@@ -143,6 +147,9 @@ def prepare_prefect_database() -> None:
         asyncio.run(provide_database_interface().create_db())
 
 
+PREFECT_STARTING: list[threading.Thread] = []  # the thread starting the temporary server, if one was started
+
+
 def start_prefect_in_background() -> Callable[[], None]:
     """Set up Prefect's database and start its temporary server (when no PREFECT_API_URL names one) in a
     thread, so that its few seconds overlap the imports of torch, Lightning and MLflow instead of
@@ -169,6 +176,7 @@ def start_prefect_in_background() -> Callable[[], None]:
 
     thread = threading.Thread(target=start, name="prefect-start", daemon=True)
     thread.start()
+    PREFECT_STARTING.append(thread)
 
     def wait() -> None:
         thread.join()
@@ -206,15 +214,123 @@ def check_inputs(config: PipelineConfig) -> None:
     check_source(config.data, config.seed)
 
 
-def run_pipeline(config: PipelineConfig):
-    """Check the inputs, then run the pipeline flow (a temporary Prefect server starts if none is configured)."""
-    check_inputs(config)
-    wait_for_prefect = start_prefect_in_background()
-    from flows.pipeline import pipeline_flow
+EXIT_CODES = {2: 130, 15: 143}  # SIGINT, SIGTERM: 128 + the signal, as a shell reports a process it stopped
+# After a stop request: the run's time to end cleanly, then the process's time to exit (Prefect drains its
+# logs and events to the temporary server at exit) before it stops its children and leaves regardless.
+STOP_GRACE_S, EXIT_GRACE_S = 5.0, 4.0
+WORK_STARTED: list[threading.Thread] = []  # the thread running the flow, once started (see stop_on_signals)
 
-    wait_for_prefect()
-    with without_heartbeats_on_a_temporary_server():
-        return pipeline_flow(config)
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM stopped a run: `code` is the exit code, `where` what it was doing, `clean` whether the
+    run ended within the grace period (its folder and MLflow runs marked interrupted). A BaseException, as
+    KeyboardInterrupt is: raised during start-up from the signal handler, no library's `except Exception`
+    may catch and wrap it."""
+
+    def __init__(self, signum: int, where: str, clean: bool):
+        self.code, self.where, self.clean = EXIT_CODES.get(signum, 128 + signum), where, clean
+        self.name = signal.Signals(signum).name
+        super().__init__(f"interrupted by {self.name} during {where}")
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM ask this process's work to stop (models/stopping.py) instead of killing it at once,
+    from the moment a command starts: a signal during start-up still stops the temporary Prefect server."""
+    from models.stopping import request_stop
+
+    def stop(signum: int, frame: Any) -> None:
+        request_stop(signum)
+        if not WORK_STARTED:  # still starting (imports, the temporary server): nothing to stop cleanly yet
+            raise Interrupted(signum, "start-up", clean=True)
+
+    previous = {signum: signal.signal(signum, stop) for signum in EXIT_CODES}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def until_signalled(work: Callable[[], Any]) -> Any:
+    """Run `work` in a thread of its own while this (main) thread waits for it or for a stop request (see
+    `stop_on_signals`). Asked to stop, every loop stops at its next step; the run fails as after any error,
+    marked interrupted, within STOP_GRACE_S, and Interrupted is raised here."""
+    import contextvars
+
+    from models.stopping import StopRequested, clear_stop, requested_signal, stop_requested
+
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = work()
+        except BaseException as error:  # noqa: BLE001 - handed to the main thread
+            outcome["error"] = error
+
+    if stop_requested():  # a signal during start-up: nothing has run yet
+        raise Interrupted(requested_signal() or signal.SIGINT, "start-up", clean=True)
+    # The thread runs in a copy of this context: Prefect's settings (no heartbeats) are context variables.
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(target,), name="itx-run", daemon=True)
+    try:
+        WORK_STARTED.append(thread)
+        thread.start()
+        while thread.is_alive() and not stop_requested():
+            thread.join(0.2)
+        if stop_requested():
+            thread.join(STOP_GRACE_S)
+            if "value" in outcome:  # it had passed its last stop point: the run finished, as a whole
+                return outcome["value"]
+            error = outcome.get("error")
+            where = error.where if isinstance(error, StopRequested) else "the run"
+            raise Interrupted(requested_signal() or signal.SIGINT, where, clean=not thread.is_alive())
+    finally:
+        WORK_STARTED.clear()
+        if not thread.is_alive():
+            clear_stop()  # a process that runs again (the tests, `itx demo`) starts without the old request
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def stop_temporary_server() -> None:
+    """Stop the temporary Prefect server this process started (a uvicorn child), if any, once it has started."""
+    from prefect.server.api.server import SubprocessASGIServer
+
+    for starting in PREFECT_STARTING:
+        starting.join(timeout=STOP_GRACE_S)
+
+    for server in list(SubprocessASGIServer._instances.values()):
+        server.stop()
+
+
+def leave_within(seconds: float, code: int) -> None:
+    """Make sure the process ends within `seconds`: a normal exit stops the temporary server after Prefect
+    has sent its last logs to it; if that takes longer (or a worker is still busy), a watchdog stops the
+    server and leaves with `code` without waiting."""
+
+    def watchdog() -> None:
+        time.sleep(seconds)
+        stop_temporary_server()
+        sys.stderr.flush()
+        os._exit(code)
+
+    if seconds <= 0:
+        watchdog()
+    threading.Thread(target=watchdog, name="itx-exit-watchdog", daemon=True).start()
+
+
+def run_pipeline(config: PipelineConfig):
+    """Check the inputs, then run the pipeline flow (a temporary Prefect server starts if none is configured)
+    until it ends or a signal stops it."""
+    check_inputs(config)
+    with stop_on_signals():
+        wait_for_prefect = start_prefect_in_background()
+        from flows.pipeline import pipeline_flow
+
+        wait_for_prefect()
+        with without_heartbeats_on_a_temporary_server():
+            return until_signalled(lambda: pipeline_flow(config))
 
 
 def report(result, console, title: str) -> None:
@@ -282,7 +398,7 @@ def retrain(args: argparse.Namespace, console) -> int:
     batch = EventLogConfig(interactions=args.new_events) if args.new_events else None
     prepare_prefect_database()
     with without_heartbeats_on_a_temporary_server():
-        result = retrain_flow(config, batch, args.finetune_epochs, args.force)
+        result = until_signalled(lambda: retrain_flow(config, batch, args.finetune_epochs, args.force))
     if result.run_dir is None:
         console.print("no new events: nothing to retrain")
         return 0
@@ -317,14 +433,25 @@ def main(argv: list[str] | None = None) -> int:
             console.print(dump_config(config), end="", markup=False, highlight=False)
             return 0
         if args.command == "retrain":
-            return retrain(args, console)
+            with stop_on_signals():
+                return retrain(args, console)
         if args.command == "reidentify":
             return reidentify(args, console)
         if args.command == "serve":
             from flows.deployments import serve_deployments
 
-            return serve_deployments(config_from_args(args), port=args.port, cron=args.cron,
-                                     new_events=args.new_events)
+            received: list[int] = []
+
+            def stop_serving(signum: int, frame: Any) -> None:  # SIGTERM ends serving as Ctrl-C does
+                received.append(signum)
+                raise KeyboardInterrupt
+
+            for signum in EXIT_CODES:
+                signal.signal(signum, stop_serving)
+            serve_deployments(config_from_args(args), port=args.port, cron=args.cron, new_events=args.new_events)
+            if received:
+                print(f"itx: serving stopped by {signal.Signals(received[0]).name}", file=sys.stderr)
+            return EXIT_CODES[received[0]] if received else 0
         if args.command == "run":
             if args.refresh_cache:
                 os.environ["PREFECT_TASKS_REFRESH_CACHE"] = "true"
@@ -343,6 +470,20 @@ def main(argv: list[str] | None = None) -> int:
                           soft_wrap=True)
             console.print(demo_next_steps(shop, shop_config), markup=False, highlight=False, soft_wrap=True)
         return 0
+    except Interrupted as stop:
+        if stop.where == "start-up":
+            outcome = "nothing had started"
+        elif stop.clean:
+            outcome = ("the run is marked interrupted (MLflow runs KILLED, registry unchanged); run the same command "
+                       "again to resume (finished stages come from the cache, training from its last checkpoint)")
+        else:
+            outcome = (f"it did not end within {STOP_GRACE_S:.0f} s and was left (the next run marks it killed); "
+                       "run the same command again to resume")
+        print(f"itx: {stop}: {outcome}", file=sys.stderr)
+        if stop.where == "start-up":  # the server may still be starting: wait for it, then stop it
+            stop_temporary_server()
+        leave_within(EXIT_GRACE_S if stop.clean else 0.0, stop.code)
+        return stop.code
     except (ConfigError, ValueError, FileNotFoundError, FileExistsError) as err:
         print_traceback_if(args.verbose)
         print(f"itx: error: {err}", file=sys.stderr)

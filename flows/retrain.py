@@ -10,6 +10,7 @@ from prefect.runtime import flow_run
 
 from conf.schema import EventLogConfig, PipelineConfig
 from flows.registration import registration_flow
+from models.stopping import check_stop
 from tasks.data.event_store import new_batches, store_dir, update_event_store
 from tasks.data.ingestion import ingest, source_fingerprint
 from tasks.data.prepare import preprocess
@@ -81,6 +82,7 @@ def retrain_flow(config: PipelineConfig, new_events: EventLogConfig | None = Non
         exported = (export(prepared, [candidate], metrics, config.export, config.train.max_seq_len, run.run_dir)
                     if registration.change is not None else None)
         close_retrain(run, metrics, exported, prepared, update)
+        check_stop("closing the update")  # a stop until the alias moves withdraws what was registered
         tracked.promote()  # last: the champion changes only once everything else has succeeded
     decision = registration.decision
     logger.info("gate (%s): %s -> %s", decision.metric, decision.reason,

@@ -28,6 +28,7 @@ from models.device import training_precision, uses_cuda
 from models.explain import Evidence, InterestEvidence
 from models.losses import FullSoftmax, NextItemLoss, build_loss
 from models.metrics import ndcg_at_k
+from models.stopping import check_stop
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,20 @@ def save_payload(path: Path, kind: str, hparams: dict[str, Any], state: dict[str
     temporary = path.with_name(f".{path.name}.tmp")
     torch.save({"kind": kind, "hparams": hparams, "state_dict": state}, temporary)
     temporary.replace(path)
+
+
+class StopOnRequest(pl.Callback):
+    """Ends a fit at the next training or validation batch once a stop was requested."""
+
+    def __init__(self, label: str = "training"):
+        self.label = label
+
+    def on_train_batch_start(self, trainer: pl.Trainer, module: pl.LightningModule, batch, batch_idx: int) -> None:
+        check_stop(f"{self.label}, epoch {trainer.current_epoch + 1}")
+
+    def on_validation_batch_start(self, trainer: pl.Trainer, module: pl.LightningModule, batch, batch_idx: int,
+                                  dataloader_idx: int = 0) -> None:
+        check_stop(f"{self.label}, validation of epoch {trainer.current_epoch + 1}")
 
 
 class SequentialRecommender(pl.LightningModule):
@@ -295,7 +310,8 @@ class SequentialRecommender(pl.LightningModule):
             precision=training_precision(train.precision, train.accelerator),
             deterministic=train.deterministic,
             logger=list(loggers) or False,
-            callbacks=[EarlyStopping(monitor=VALID_METRIC, mode="max", patience=train.patience), checkpoint],
+            callbacks=[EarlyStopping(monitor=VALID_METRIC, mode="max", patience=train.patience), checkpoint,
+                       StopOnRequest(f"training {self.kind}")],
             enable_progress_bar=train.progress_bar,
             enable_model_summary=False,
             num_sanity_val_steps=0,

@@ -36,7 +36,8 @@ from torch.utils.data import DataLoader
 
 from conf.schema import TrainConfig
 from models.attention import SASRecRecommender
-from models.base import FitSummary, SequentialRecommender, neural_options, save_payload, section_options
+from models.base import (FitSummary, SequentialRecommender, StopOnRequest, neural_options, save_payload,
+                         section_options)
 from models.data import SequenceData, left_pad
 from models.device import training_precision
 from models.explain import InterestEvidence
@@ -185,7 +186,8 @@ class MappingRecommender(nn.Module):
             accelerator=train.accelerator, devices=train.devices, strategy=train.strategy,
             precision=training_precision(train.precision, train.accelerator),
             deterministic=train.deterministic, logger=list(loggers) or False,
-            callbacks=[EarlyStopping(monitor=VALID_LOSS, mode="min", patience=self.patience), best],
+            callbacks=[EarlyStopping(monitor=VALID_LOSS, mode="min", patience=self.patience), best,
+                       StopOnRequest(f"training the {self.kind} mapping")],
             enable_checkpointing=False, enable_progress_bar=train.progress_bar, enable_model_summary=False,
             num_sanity_val_steps=0, log_every_n_steps=10,
             default_root_dir=str(checkpoint_dir / "mapping") if checkpoint_dir else None,

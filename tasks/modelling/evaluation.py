@@ -18,6 +18,7 @@ from models.device import on_device, pins_memory, scoring_device
 from models.metrics import compute_metrics
 from models.kinds import load_model
 from models.transfer_data import keep_items
+from models.stopping import check_stop
 from tasks import schemas
 from tasks.io import CacheDir, TableRef, fingerprint_text, inside, read_table, write_parquet
 from tasks.data.preprocessing import PreparedData
@@ -90,6 +91,7 @@ def score_users(model: Recommender, data: SequenceData, split: str, cfg: Evaluat
     pinned = pins_memory(device)
     with torch.inference_mode():
         for batch in split_loader(data, split, max_seq_len, cfg.batch_size, pin_memory=pinned):
+            check_stop(f"evaluation ({split})")
             batch = batch.to(device, non_blocking=pinned)
             scores = rankable_scores(model, batch, cfg.exclude_seen)  # [B, n_items]
             relevant = batch.mask(batch.target_rows, batch.target_items, model.n_items)

@@ -28,6 +28,7 @@ from models.data import EvalBatch, SequenceData, ranking_loader
 from models.device import on_device, pins_memory, scoring_device
 from models.explain import N_REASONS, Evidence, evidence_for, explain
 from models.kinds import load_model
+from models.stopping import check_stop
 from tasks import schemas
 from tasks.io import TableRef, atomic_path, fingerprint_file, read_table
 from tasks.data.preprocessing import PreparedData
@@ -90,6 +91,7 @@ def iter_top_k(model: Recommender, data: SequenceData, top_k: int, max_seq_len: 
     evidence = evidence_for(model) if n_reasons > 0 else None
     with torch.inference_mode():
         for batch in ranking_loader(data.history("all"), None, max_seq_len, batch_size, pin_memory=pinned):
+            check_stop("export")
             yield rank_batch(model, batch.to(device, non_blocking=pinned), top_k, evidence, n_reasons)
 
 

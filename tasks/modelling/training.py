@@ -21,6 +21,7 @@ from models.augmentation import augmented_copies
 from models.base import FitSummary, Recommender
 from models.data import SequenceData
 from models.kinds import OWN_TRAINING_SETTINGS, build_model, constructor_options
+from models.stopping import check_stop
 from models.transfer_data import TransferViews, reads_of, with_extra_sequences
 from tasks.io import (CacheDir, TableRef, atomic_path, file_lock, fingerprint_file, fingerprint_text, inside,
                       write_json)
@@ -151,6 +152,7 @@ def train_recommender(prepared: PreparedData, planned: PlannedModel, config: Pip
     into the model's cache folder (the others wait), a finished model found there is returned as is,
     and an interrupted fit resumes from its last checkpoint. refresh: train from scratch instead.
     """
+    check_stop(f"training {planned.label}")  # a stop asked while this model waited for its turn
     model_cfg, seed = planned.model, config.seed
     regime = regime_of(model_cfg)
     # Everything the source stage depends on, and nothing of the target fraction: a fraction sweep

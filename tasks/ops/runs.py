@@ -33,6 +33,7 @@ from prefect.cache_policies import NO_CACHE
 
 from conf.loading import dump_config
 from conf.schema import PipelineConfig, PlannedModel, regime_of
+from models.stopping import StopRequested, request_stop
 from tasks import schemas
 from tasks.ops import tracking
 from tasks.modelling.evaluation import metric_key
@@ -242,7 +243,8 @@ def mark_run_folder(run_dir: Path, status: str, error: str, mlflow_run_id: str) 
 def fail_run(run: RunContext, error: BaseException | None = None) -> None:
     """Mark the run's MLflow runs FAILED (KILLED when interrupted) and its folder failed (or interrupted);
     the folder keeps what was written, all of it complete files."""
-    interrupted = isinstance(error, KeyboardInterrupt | SystemExit)
+    # A stop request, Ctrl-C, or a termination signal Prefect turned into an exception (not an Exception).
+    interrupted = isinstance(error, StopRequested) or (error is not None and not isinstance(error, Exception))
     try:
         mark_run_folder(run.run_dir, "interrupted" if interrupted else "failed",
                         f"{type(error).__name__}: {error}" if error is not None else "", run.mlflow_run_id)
@@ -273,6 +275,8 @@ def tracked_run(config: PipelineConfig, flow_run_id: str | None, flow_run_name: 
     try:
         yield tracked
     except BaseException as error:
+        if not isinstance(error, Exception):  # Ctrl-C, or a cancel or SIGTERM Prefect raised in this thread:
+            request_stop()  # the training threads stop at their next batch instead of finishing their epoch
         if tracked.change is not None:
             withdraw(tracked.run.tracking_uri, tracked.change)  # a plain call: no task machinery while failing
         fail_run(tracked.run, error)

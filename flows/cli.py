@@ -449,9 +449,11 @@ def main(argv: list[str] | None = None) -> int:
             for signum in EXIT_CODES:
                 signal.signal(signum, stop_serving)
             serve_deployments(config_from_args(args), port=args.port, cron=args.cron, new_events=args.new_events)
-            if received:
-                print(f"itx: serving stopped by {signal.Signals(received[0]).name}", file=sys.stderr)
-            return EXIT_CODES[received[0]] if received else 0
+            # Serving only ends on a signal: ours, or SIGTERM caught by Prefect's runner once it runs (it then
+            # cancels the flow runs in progress, which end marked interrupted, and returns).
+            stopped_by = received[0] if received else signal.SIGTERM
+            print(f"itx: serving stopped by {signal.Signals(stopped_by).name}", file=sys.stderr)
+            return EXIT_CODES[stopped_by]
         if args.command == "run":
             if args.refresh_cache:
                 os.environ["PREFECT_TASKS_REFRESH_CACHE"] = "true"

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -120,19 +120,43 @@ def test_a_signal_during_start_up_ends_it_with_nothing_left(tmp_path):
     assert not [path for path in (tmp_path / "out").glob("*") if path.name != "cache"]
 
 
-def test_sigterm_ends_itx_serve_and_its_prefect_server(tmp_path):
-    port = 4391
-
-    def serving() -> bool:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=1)
-            return "Trigger from a shell" in (tmp_path / "SIGTERM.log").read_text()
-        except OSError:
-            return False
-
+def test_a_ui_cancel_of_a_served_run_ends_it_like_a_signal_and_sigterm_ends_serving(tmp_path):
+    """`itx serve`, a pipeline run of its deployment cancelled (as the UI's Cancel does) while it trains: the
+    flow run's process ends within 10 s, the run is marked interrupted; then SIGTERM ends `itx serve`."""
+    port, env = 4391, environment(tmp_path)
+    api = env | {"PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
+    prefect = str(Path(sys.executable).with_name("prefect"))
     command = [ITX, "serve", str(preset_path("experiments/tiny.yaml")), "--output-dir", str(tmp_path / "out"),
-               "--port", str(port)]
-    code, elapsed, output = signal_when(command, tmp_path, signal.SIGTERM, serving)
+               "--port", str(port), *[part for setting in [*SETTINGS, f"tracking.tracking_uri=sqlite:///"
+                                                           f"{tmp_path / 'mlflow.db'}"] for part in ("--set", setting)]]
+    state: dict[str, str] = {}
+
+    def training_a_deployment_run() -> bool:
+        if "run" not in state:
+            started = subprocess.run([prefect, "deployment", "run", "interest-transfer/pipeline"], env=api,
+                                     capture_output=True, text=True)
+            if started.returncode != 0:  # not served yet
+                time.sleep(0.5)
+                return False
+            state["run"] = re.search(r"[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}", started.stdout).group(0)
+        if not list((tmp_path / "out" / "cache").glob("train-gru-*/checkpoints/last.ckpt")):
+            return False
+        cancelled = time.monotonic()
+        subprocess.run([prefect, "flow-run", "cancel", state["run"]], env=api, capture_output=True, check=True)
+        while time.monotonic() - cancelled < 30:
+            folders = list((tmp_path / "out").glob("*/failed.json"))
+            engines = subprocess.run(["pgrep", "-f", "prefect.engine"], capture_output=True, text=True).stdout
+            if folders and not engines.strip():
+                state["ended_after"] = f"{time.monotonic() - cancelled:.1f}"
+                return True
+            time.sleep(0.2)
+        raise AssertionError("the cancelled flow run did not end within 30 s")
+
+    code, elapsed, output = signal_when(command, tmp_path, signal.SIGTERM, training_a_deployment_run)
+    assert float(state["ended_after"]) < 10, state
+    (run_dir,) = [path.parent for path in (tmp_path / "out").glob("*/failed.json")]
+    assert json.loads((run_dir / "failed.json").read_text())["status"] == "interrupted"
+    assert mlflow_statuses(tmp_path, run_dir) == {"KILLED"}
     assert code == 143 and elapsed < 10, (code, elapsed, output[-2000:])
     assert "itx: serving stopped by SIGTERM" in output
 

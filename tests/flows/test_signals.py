@@ -186,10 +186,12 @@ def stop_during(module, name: str, monkeypatch) -> None:
     (tasks.modelling.export, "rank_batch", "the export"),
     (tasks.ops.registry, "register", "the registration"),
 ], ids=["evaluation", "export", "registration"])
-def test_a_stop_at_a_later_stage_marks_the_run_interrupted_and_leaves_the_registry(champion, module, name, where,
-                                                                                   monkeypatch):
+def test_a_stop_at_a_later_stage_marks_the_run_interrupted_leaves_the_registry_and_resumes(champion, module, name,
+                                                                                          where, monkeypatch):
     config, first = champion
-    before = champion_version(first.tracking_uri, registered_name(config), "champion").version
+    client, name_ = MlflowClient(first.tracking_uri), registered_name(config)
+    before = champion_version(first.tracking_uri, name_, "champion").version
+    versions_before = sorted(str(v.version) for v in client.search_model_versions(f"name = '{name_}'"))
     stop_during(module, name, monkeypatch)
     run_name = f"stopped-in-{where.split()[-1]}"
     try:
@@ -199,10 +201,12 @@ def test_a_stop_at_a_later_stage_marks_the_run_interrupted_and_leaves_the_regist
         clear_stop()
     run_dir = first.run_dir.parent / run_name
     assert json.loads((run_dir / "failed.json").read_text())["status"] == "interrupted"
-    client = MlflowClient(first.tracking_uri)
     runs = client.search_runs([client.get_experiment_by_name(config.tracking.experiment).experiment_id],
                               f"tags.run_dir = '{run_dir}'")
     assert runs and {run.info.status for run in runs} == {"KILLED"}
-    name_ = registered_name(config)
     assert champion_version(first.tracking_uri, name_, "champion").version == before
-    assert [str(v.version) for v in client.search_model_versions(f"name = '{name_}'")] == [str(before)]
+    assert sorted(str(v.version) for v in client.search_model_versions(f"name = '{name_}'")) == versions_before
+    monkeypatch.undo()  # the same config again: it resumes from the cache and finishes
+    resumed = pipeline_flow(config.model_copy(update={"output": config.output.model_copy(
+        update={"run_name": f"{run_name}-resumed"})}))
+    assert (resumed.run_dir / "run.json").exists()

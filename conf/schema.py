@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -333,6 +333,10 @@ class SASRecConfig(NeuralModelSection):
     dropout: float = Field(0.2, ge=0, lt=1, description="Dropout rate in training.")
     tie_output: bool = Field(False, description="Score items with the input item embeddings (the paper's head) "
                              "instead of a separate output table; the output bias stays.")
+    item_text: bool = Field(False, description="Add a learned map of each item's title embedding from the pretrained "
+                            "text model (text.model_path) to its ID embedding, on the input side and, with tie_output, "
+                            "the scoring side (UniSRec-style text-grounded items; models/attention.py). Makes the "
+                            "model a transfer method: it carries the text model's knowledge into every domain.")
 
     @model_validator(mode="after")
     def _heads_divide_dim(self) -> SASRecConfig:
@@ -436,7 +440,12 @@ TRANSFER_KINDS = ("domain_sasrec", "hybrid")
 TRANSFER_REGIMES = ("source_then_target", "pooled_then_target", "joint", "mapping")
 FINETUNE_REGIMES = ("source_then_target", "pooled_then_target")  # pre-train, then fine-tune on the target
 MAPPING_KINDS = ("emcdr", "ptupcdr")
-TEXT_KINDS = ("bert_transfer",)  # kinds that read the items' text embeddings (text.model_path)
+TEXT_KINDS = ("bert_transfer",)  # kinds that always read the items' text embeddings (text.model_path)
+
+
+def reads_item_text(model: Any) -> bool:
+    """True when a model section needs the items' text embeddings: a text kind, or `item_text: true`."""
+    return model.kind in TEXT_KINDS or bool(getattr(model, "item_text", False))
 
 
 class TextConfig(Section):
@@ -707,8 +716,10 @@ class PipelineConfig(Section):
         ]
 
     def transfer_methods(self) -> list[str]:
-        """Names of the models that are transfer methods: a transfer regime, or a kind that models the scenario."""
-        return [m.name for m in self.models if m.kind in TRANSFER_KINDS or regime_of(m) in TRANSFER_REGIMES]
+        """Names of the models that are transfer methods: a transfer regime, a kind that models the scenario, or a
+        model that reads the pretrained text model (it carries what that model knows into every domain)."""
+        return [m.name for m in self.models
+                if m.kind in TRANSFER_KINDS or regime_of(m) in TRANSFER_REGIMES or reads_item_text(m)]
 
     def transfer_baselines(self) -> list[BaselineRole]:
         """The baselines of transfer.compare_to in order, each with the models that may play it (several: the

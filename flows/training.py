@@ -1,7 +1,7 @@
 """Training stage: fit every planned model, each logging its curves to its own nested MLflow run."""
 from prefect import flow
 
-from conf.schema import TEXT_KINDS, ExecutionConfig, PipelineConfig
+from conf.schema import ExecutionConfig, PipelineConfig, reads_item_text
 from flows.runners import pretraining_leaders, task_runner_for
 from tasks.data.preprocessing import PreparedData
 from tasks.ops.runs import RunContext, data_tags
@@ -17,7 +17,7 @@ def training_flow(config: PipelineConfig, prepared: PreparedData, run: RunContex
     The MLflow runs are tagged with the fingerprint of the data they train on."""
     data_tags(run, prepared)
     item_text = (embed_items(prepared, config.text, run.cache)
-                 if any(model.kind in TEXT_KINDS for model in config.models) else None)
+                 if any(reads_item_text(model) for model in config.models) else None)
     settings = training_settings(config)
     plan = config.model_plan()
     leaders = pretraining_leaders(plan)

@@ -20,6 +20,14 @@ Departures from the paper:
   positions output zeros, so a user with no history is scored by the output bias alone.
 - Pre-LayerNorm blocks throughout (the paper normalises the query only, and pmixer's port keeps
   keys and values unnormalised); weights start from N(0, 0.02) as in RecBole and Klenitskiy & Vasilev.
+
+`item_text: true` grounds every item in its title (UniSRec, Hou et al., KDD 2022; Recformer): an item's
+vector is its ID embedding plus a learned linear map of its title's embedding from the pretrained text
+model (frozen, computed once), on the input side and, with `tie_output`, on the scoring side. An item
+seen a handful of times (most of a sparse catalogue, and most of a domain new to a user) then still
+sits near items with similar titles, and what the text model knows of products carries over to every
+domain; the ID embedding learns what the title misses. The map starts at N(0, 0.02) like the IDs, so
+text and IDs begin on the same scale.
 """
 from __future__ import annotations
 
@@ -32,6 +40,7 @@ from torch.nn import functional as F
 from conf.schema import SASRecConfig, TrainConfig
 from models.base import SequentialRecommender
 from models.dropout import Dropout, dropout
+from models.explain import Evidence, InterestEvidence
 
 SASREC, TRAIN = SASRecConfig(), TrainConfig()  # the defaults, from the config schema
 
@@ -94,12 +103,21 @@ class SASRecRecommender(SequentialRecommender):
                  num_heads: int = SASREC.num_heads, dropout: float = SASREC.dropout,
                  tie_output: bool = SASREC.tie_output, learning_rate: float = TRAIN.learning_rate,
                  weight_decay: float = TRAIN.weight_decay, max_seq_len: int = TRAIN.max_seq_len,
-                 exclude_seen: bool = True):
+                 exclude_seen: bool = True, item_text: bool = SASREC.item_text, text_dim: int | None = None):
         super().__init__(n_items, embedding_dim, learning_rate, weight_decay, max_seq_len, exclude_seen)
         self.save_hyperparameters()
         self.item_embedding = nn.Embedding(n_items, embedding_dim, padding_idx=0)
+        self.tie_output = tie_output
         if tie_output:  # one [n_items, D] table reads items in and scores them out
             self.output.weight = self.item_embedding.weight
+        self.text_map = None
+        if item_text:
+            if not text_dim:
+                raise ValueError("item_text: true needs text_dim, the width of the text model's item embeddings")
+            # Title embeddings of every item (row 0: padding), set by `attach_item_text`; a buffer, so a saved
+            # model scores without the text model.
+            self.register_buffer("item_text", torch.zeros(n_items, text_dim))
+            self.text_map = nn.Linear(text_dim, embedding_dim, bias=False)
         self.position_embedding = nn.Embedding(max_seq_len, embedding_dim)  # index max_seq_len - 1: the last item
         self.embedding_scale = math.sqrt(embedding_dim)
         self.embedding_dropout = Dropout(dropout)
@@ -116,9 +134,57 @@ class SASRecRecommender(SequentialRecommender):
         if isinstance(module, nn.Embedding) and module.padding_idx is not None:
             nn.init.zeros_(module.weight[module.padding_idx])
 
+    @classmethod
+    def options_from(cls, section, train: TrainConfig, exclude_seen: bool, text_dim: int | None = None,
+                     text_model_path: str | None = None) -> dict:
+        """Its own options, and the text embeddings' width when it reads item text."""
+        options = super().options_from(section, train, exclude_seen)
+        return options | {"text_dim": text_dim} if options.get("item_text") else options
+
+    def attach_item_text(self, vectors: Tensor) -> None:
+        """Set the title embedding of every item: vectors [n_items, text_dim], row 0 for padding."""
+        if self.text_map is None:
+            raise ValueError(f"{self.kind} was built without item_text: it has no use for item text embeddings")
+        if vectors.shape != self.item_text.shape:
+            raise ValueError(f"item text embeddings have shape {tuple(vectors.shape)}, "
+                             f"expected {tuple(self.item_text.shape)}")
+        self.item_text.copy_(vectors)
+
+    def item_vectors(self, items: Tensor | None = None) -> Tensor:
+        """[..., D] vectors of the given item_idx ([n_items, D] of every item without): the ID embedding,
+        plus the mapped title embedding with item_text."""
+        if items is None:
+            ids = self.item_embedding.weight
+            return ids if self.text_map is None else ids + self.text_map(self.item_text)
+        ids = self.item_embedding(items)
+        return ids if self.text_map is None else ids + self.text_map(self.item_text[items])
+
     def embed_inputs(self, history: Tensor) -> Tensor:
         """[B, T] item_idx -> [B, T, D] what each position contributes before its position embedding."""
-        return self.item_embedding(history) * self.embedding_scale
+        vectors = self.item_vectors(history)
+        if self.text_map is not None:  # padding contributes nothing (its ID row is zero; its text row is too)
+            vectors = vectors * (history > 0).unsqueeze(-1)
+        return vectors * self.embedding_scale
+
+    def scores_with_text(self) -> bool:
+        """True when items are scored through their text-grounded vectors (item_text with a tied head)."""
+        return self.text_map is not None and self.tie_output
+
+    def item_scores(self, interest: Tensor) -> Tensor:
+        if not self.scores_with_text():
+            return super().item_scores(interest)
+        return interest @ self.item_vectors().T + self.output.bias
+
+    def output_rows(self, items: Tensor) -> tuple[Tensor, Tensor]:
+        if not self.scores_with_text():
+            return super().output_rows(items)
+        return self.item_vectors(items), self.output.bias[items]
+
+    def evidence(self) -> Evidence:
+        """A linear head over the last position's interest, its rows the items' (text-grounded) vectors."""
+        if not self.scores_with_text():
+            return super().evidence()
+        return InterestEvidence(self.n_items, lambda history: self.encode(history)[:, -1], self.item_vectors)
 
     def encode(self, history: Tensor) -> Tensor:
         """[B, T] left-padded item_idx (T <= max_seq_len) -> [B, T, D] interest after each position."""

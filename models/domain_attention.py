@@ -71,9 +71,10 @@ class DomainSASRecRecommender(SASRecRecommender):
                  num_heads: int = SASREC.num_heads, dropout: float = SASREC.dropout,
                  tie_output: bool = SASREC.tie_output, learning_rate: float = TRAIN.learning_rate,
                  weight_decay: float = TRAIN.weight_decay, max_seq_len: int = TRAIN.max_seq_len,
-                 exclude_seen: bool = True, lookahead: bool = DomainSASRecConfig().lookahead):
+                 exclude_seen: bool = True, lookahead: bool = DomainSASRecConfig().lookahead,
+                 item_text: bool = SASREC.item_text, text_dim: int | None = None):
         super().__init__(n_items, embedding_dim, num_blocks, num_heads, dropout, tie_output, learning_rate,
-                         weight_decay, max_seq_len, exclude_seen)
+                         weight_decay, max_seq_len, exclude_seen, item_text, text_dim)
         self.save_hyperparameters()
         self.lookahead = lookahead
         # Domain (role code) of every item_idx, padding 0; a buffer, so a loaded model scores without the data.

@@ -15,8 +15,8 @@ from prefect.context import TaskRunContext
 from prefect.settings import PREFECT_TASKS_REFRESH_CACHE
 from pytorch_lightning.loggers import Logger, MLFlowLogger
 
-from conf.schema import (FINETUNE_REGIMES, TEXT_KINDS, ExecutionConfig, ExportConfig, OutputConfig, PipelineConfig,
-                         PlannedModel, RegistryConfig, TrackingConfig, TrainConfig, regime_of)
+from conf.schema import (FINETUNE_REGIMES, ExecutionConfig, ExportConfig, OutputConfig, PipelineConfig,
+                         PlannedModel, RegistryConfig, TrackingConfig, TrainConfig, reads_item_text, regime_of)
 from models.augmentation import augmented_copies
 from models.base import FitSummary, Recommender
 from models.data import SequenceData
@@ -185,7 +185,7 @@ def train_recommender(prepared: PreparedData, planned: PlannedModel, config: Pip
         views = (load_views(prepared, config.scenario, config.transfer, planned.target_fraction, seed)
                  if config.is_transfer() else None)
         data = load_sequence_data(prepared) if views is None else None
-        vectors = item_text_tensor(item_text) if item_text is not None and model_cfg.kind in TEXT_KINDS else None
+        vectors = item_text_tensor(item_text) if item_text is not None and reads_item_text(model_cfg) else None
         # Seed before the model is built: weight initialisation draws from the global generator too.
         pl.seed_everything(seed, workers=True)
         model = build_model(model_cfg.kind, prepared.n_items,

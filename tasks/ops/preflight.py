@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from conf.schema import TEXT_KINDS, PipelineConfig
+from conf.schema import PipelineConfig, reads_item_text
 from tasks.data.pseudonyms import pseudonym_key_id
 
 
@@ -29,7 +29,7 @@ def check_output_root(root: str) -> None:
 def check_text_model(config: PipelineConfig) -> None:
     """Raise TextModelError (a ValueError naming text.model_path) when a model needs the text model and its
     folder is missing or incomplete."""
-    if any(model.kind in TEXT_KINDS for model in config.models):
+    if any(reads_item_text(model) for model in config.models):
         from models.text import resolve_model_path  # imports torch: only for configs that need it
 
         resolve_model_path(config.text.model_path)

@@ -84,6 +84,7 @@ def run_one_seed(config, models: str, cache_dir: str | None = None):
     from tasks.modelling.evaluation import score_report_users
     from tasks.data.ingestion import ingest_dataset
     from tasks.data.prepare import prepare_data
+    from conf.schema import reads_item_text
     from tasks.modelling.transfer import embed_item_texts
     from tasks.modelling.transfer_report import transfer_gain_table
 
@@ -98,7 +99,7 @@ def run_one_seed(config, models: str, cache_dir: str | None = None):
         print(f"{config.scenario.name}, seed {config.seed}: {prepared.n_users} users, {prepared.n_items - 1} items, "
               f"{prepared.n_events} interactions", flush=True)
         item_text = None
-        if any(m.kind == "bert_transfer" for m in config.models if m.name in wanted):
+        if any(reads_item_text(m) for m in config.models if m.name in wanted):
             started = time.perf_counter()
             item_text = embed_item_texts(prepared, config.text, cache / "text")
             print(f"item texts embedded in {time.perf_counter() - started:.0f} s", flush=True)

@@ -90,3 +90,39 @@ def test_a_tied_head_scores_with_the_input_embeddings_and_stays_tied_after_loadi
         expected = interest @ loaded.item_embedding.weight.T + loaded.output.bias
         assert torch.allclose(loaded.score_all(history)[:, 1:], expected[:, 1:])
         assert torch.equal(model.score_all(history), loaded.score_all(history))
+
+
+def text_model(**overrides) -> SASRecRecommender:
+    model = small_model(tie_output=True, item_text=True, text_dim=8, **overrides)
+    model.attach_item_text(torch.randn(N_ITEMS, 8, generator=torch.Generator().manual_seed(1)))
+    return model.eval()
+
+
+def test_item_text_grounds_items_in_their_titles_on_both_sides_and_survives_saving(tmp_path):
+    model = text_model()
+    history = random_history(4, 6)
+    with torch.no_grad():
+        interest = model.encode(history)[:, -1]
+        vectors = model.item_embedding.weight + model.text_map(model.item_text)
+        expected = interest @ vectors.T + model.output.bias
+        assert torch.allclose(model.score_all(history)[:, 1:], expected[:, 1:], atol=1e-6)
+        items = torch.tensor([3, 7])
+        assert torch.allclose(model.candidate_scores(interest, items), expected[:, items], atol=1e-6)
+        before = model.score_all(history)
+        # Two items with the same title but different IDs move together when only the title changes.
+        model.item_text[5] += 1.0
+        assert not torch.allclose(model.score_all(history), before)
+    path = tmp_path / "text.pt"
+    model.save(path)
+    loaded = load_model(path)  # the title embeddings travel in the file: no text model needed to score
+    with torch.no_grad():
+        assert torch.equal(loaded.score_all(history), model.score_all(history))
+
+
+def test_item_text_needs_the_text_width_and_a_model_without_it_refuses_text():
+    with pytest.raises(ValueError, match="text_dim"):
+        small_model(item_text=True)
+    with pytest.raises(ValueError, match="without item_text"):
+        small_model().attach_item_text(torch.zeros(N_ITEMS, 8))
+    with pytest.raises(ValueError, match="shape"):
+        small_model(item_text=True, text_dim=8).attach_item_text(torch.zeros(N_ITEMS, 4))

@@ -268,6 +268,14 @@ def test_the_config_names_each_baseline_role_and_its_candidates():
     assert {role.role: role.candidates for role in named.transfer_baselines()}["pooled"] == ("gru_pooled",)
 
 
+def test_a_pooled_model_reading_item_text_is_a_transfer_method_not_a_pooled_baseline():
+    config = load_config(ROOT / "conf" / "food_kitchen_transfer.yaml",
+                         ["models.3.item_text=true", "models.3.name=sasrec_text"])
+    assert "sasrec_text" in config.transfer_methods()
+    roles = {role.role: role.candidates for role in config.transfer_baselines()}
+    assert "sasrec_text" not in roles["pooled"]
+
+
 # plot_gain and format_gain_table -----------------------------------------------------------------
 
 def test_plot_writes_a_png_and_leaves_no_temporary_file(per_user, tmp_path):

@@ -157,10 +157,14 @@ def train_recommender(prepared: PreparedData, planned: PlannedModel, config: Pip
     regime = regime_of(model_cfg)
     # Everything the source stage depends on, and nothing of the target fraction: a fraction sweep
     # pre-trains on the source once. The trained model's own key adds the fraction.
-    pretrain_key = fingerprint_text(prepared.sequences.fingerprint, model_cfg.model_dump(mode="json"),
+    reads_text = reads_item_text(model_cfg)
+    # A model that reads no item text keys as it did before `item_text` existed (its trained models stay
+    # reusable), and the embeddings a run computed for other models do not change its key.
+    section = model_cfg.model_dump(mode="json", exclude=None if reads_text else {"item_text"})
+    pretrain_key = fingerprint_text(prepared.sequences.fingerprint, section,
                                     config.train.model_dump(), seed, config.evaluation.exclude_seen,
                                     config.scenario.model_dump(), config.transfer.cold_start_fraction,
-                                    config.text.model_dump(), item_text.fingerprint if item_text else None)
+                                    config.text.model_dump(), item_text.fingerprint if item_text and reads_text else None)
     key = fingerprint_text(pretrain_key, planned.target_fraction)
     if regime == "pooled_then_target":  # the pooled view holds the fraction's target users: pre-trained per fraction
         pretrain_key = key

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 
@@ -18,24 +19,23 @@ def peak_rss_mb() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
-def _train_worker(args: tuple, queue) -> None:
+def _train_worker(args: tuple) -> tuple:
     import flows  # noqa: F401  (environment defaults)
     from tasks.modelling.training import train_recommender
 
     started = time.perf_counter()
     trained = train_recommender(*args)
-    queue.put((trained, time.perf_counter() - started, peak_rss_mb()))
+    return trained, time.perf_counter() - started, peak_rss_mb()
 
 
 def train_in_process(*args):
-    """(TrainedModel, seconds, peak RSS MB) of `train_recommender(*args)` run in a fresh (spawned) process."""
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    process = context.Process(target=_train_worker, args=(args, queue))
-    process.start()
-    result = queue.get()
-    process.join()
-    return result
+    """(TrainedModel, seconds, peak RSS MB) of `train_recommender(*args)` run in a fresh (spawned) process.
+
+    A pool of one, not a bare Process: an error in the training is raised here instead of leaving the
+    benchmark waiting for a result that never comes.
+    """
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_train_worker, args).result()
 
 
 def parse_seeds(text: str) -> list[int]:

@@ -58,6 +58,10 @@ def training_settings(config: PipelineConfig) -> PipelineConfig:
                                      "execution": ExecutionConfig()})
 
 
+# A model's own settings that only its target stage reads: models differing only in them share a pre-training.
+TARGET_STAGE_SETTINGS = ("l2sp", "augment_copies")
+
+
 def model_options(planned: PlannedModel, config: PipelineConfig, text_dim: int | None) -> dict:
     """Constructor options of the planned model (its kind says how: models.kinds.constructor_options)."""
     return constructor_options(planned.model, config.train, config.evaluation.exclude_seen, text_dim,
@@ -106,7 +110,11 @@ def fit_regime(model: Recommender, regime: str, data: SequenceData, views: Trans
         return model.fit(augmented(views.training_data(regime), views, train, seed), train, seed, loggers=loggers,
                          checkpoint_dir=checkpoint_dir)
     first_stage = views.source if regime == "source_then_target" else augmented(views.pooled, views, train, seed)
-    pretrained = pretrain(model, first_stage, train, seed, loggers, pretrain_dir or checkpoint_dir / "pretrain")
+    # The first stage runs the same whatever the target stage's own settings are (its augmented copies, if
+    # any, are already in first_stage): its fit, checkpoints and resumption do not depend on them.
+    first_stage_train = train.model_copy(update={"l2sp": 0.0, "augment_copies": 0})
+    pretrained = pretrain(model, first_stage, first_stage_train, seed, loggers,
+                          pretrain_dir or checkpoint_dir / "pretrain")
     if hasattr(model, "prepare_finetune"):
         model.prepare_finetune()
     if train.l2sp > 0:
@@ -155,17 +163,23 @@ def train_recommender(prepared: PreparedData, planned: PlannedModel, config: Pip
     check_stop(f"training {planned.label}")  # a stop asked while this model waited for its turn
     model_cfg, seed = planned.model, config.seed
     regime = regime_of(model_cfg)
-    # Everything the source stage depends on, and nothing of the target fraction: a fraction sweep
-    # pre-trains on the source once. The trained model's own key adds the fraction.
     reads_text = reads_item_text(model_cfg)
     # A model that reads no item text keys as it did before `item_text` existed (its trained models stay
     # reusable), and the embeddings a run computed for other models do not change its key.
     section = model_cfg.model_dump(mode="json", exclude=None if reads_text else {"item_text"})
-    pretrain_key = fingerprint_text(prepared.sequences.fingerprint, section,
-                                    config.train.model_dump(), seed, config.evaluation.exclude_seen,
-                                    config.scenario.model_dump(), config.transfer.cold_start_fraction,
-                                    config.text.model_dump(), item_text.fingerprint if item_text and reads_text else None)
-    key = fingerprint_text(pretrain_key, planned.target_fraction)
+
+    def fit_key(model_section: dict) -> str:
+        return fingerprint_text(prepared.sequences.fingerprint, model_section,
+                                config.train.model_dump(), seed, config.evaluation.exclude_seen,
+                                config.scenario.model_dump(), config.transfer.cold_start_fraction,
+                                config.text.model_dump(), item_text.fingerprint if item_text and reads_text else None)
+
+    # The trained model's key: everything, and the target fraction.
+    key = fingerprint_text(fit_key(section), planned.target_fraction)
+    # The source stage's: everything it depends on, so a fraction sweep pre-trains on the source once, and
+    # so do models that differ only in what their target stage does (a model's own l2sp, augment_copies).
+    # (Set to None, as a model that leaves them unset has them: its keys stay what they were.)
+    pretrain_key = fit_key(section | {name: None for name in TARGET_STAGE_SETTINGS if name in section})
     if regime == "pooled_then_target":  # the pooled view holds the fraction's target users: pre-trained per fraction
         pretrain_key = key
     # Folder names carry the model's configured name: it must not lead out of the cache.

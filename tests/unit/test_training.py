@@ -37,3 +37,18 @@ def test_a_model_may_set_its_own_l2sp_and_it_never_reaches_the_constructor():
     anchored, plain = config.model_plan()
     assert model_training(anchored, config).l2sp == 0.5 and model_training(plain, config).l2sp == 0.1
     assert "l2sp" not in model_options(anchored, config, None) and "max_minutes" not in model_options(plain, config, None)
+
+
+def test_a_model_that_changes_only_its_target_stage_reuses_its_pre_training(tmp_path):
+    config = load_config(preset_path("experiments/demo_transfer.yaml"), [
+        "data.synthetic.n_users=300", "train.max_epochs=1", "train.progress_bar=false",
+        "transfer.baseline=null", "models=[{kind: rnn, name: ft, train_on: source_then_target, embedding_dim: 8, hidden_dim: 8}]"])
+    raw = ingest_dataset(config.data, config.seed, tmp_path)
+    prepared = prepare_data(raw, config.preprocess, config.split, config.scenario, "gender", tmp_path)
+    first = train_recommender(prepared, config.model_plan()[0], config, tmp_path / "cache")
+    # l2sp and augment_copies act on the target stage only: the same source stage, the same pre-trained weights.
+    changed = config.model_copy(update={"models": [config.models[0].model_copy(update={"l2sp": 0.1, "augment_copies": 2})]})
+    second = train_recommender(prepared, changed.model_plan()[0], changed, tmp_path / "cache")
+    assert len(list((tmp_path / "cache").glob("pretrain-ft-*[!k]"))) == 1  # one folder (and its .lock)
+    assert first.model_file.path != second.model_file.path  # but two fine-tuned models
+    assert first.model_file.fingerprint != second.model_file.fingerprint

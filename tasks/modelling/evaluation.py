@@ -165,7 +165,8 @@ def evaluate_trained(prepared: PreparedData, trained: TrainedModel, cfg: Evaluat
 
 
 def score_report_users(prepared: PreparedData, trained: TrainedModel, scenario: ScenarioConfig,
-                       transfer: TransferConfig, cfg: EvaluationConfig, max_seq_len: int, seed: int) -> pl.DataFrame:
+                       transfer: TransferConfig, cfg: EvaluationConfig, max_seq_len: int, seed: int,
+                       model: Recommender | None = None) -> pl.DataFrame:
     """Per-user metrics of one model on the report's subsets: target users ('all') and cold-start users on
     test, and the target's validation users (split valid, subset 'all': what chooses the best pooled baseline).
 
@@ -176,7 +177,9 @@ def score_report_users(prepared: PreparedData, trained: TrainedModel, scenario: 
     """
     views = load_views(prepared, scenario, transfer, trained.target_fraction, seed)
     device = scoring_device()
-    model = on_device(load_model(Path(trained.model_file.path)), device)
+    # `model`: score this one instead of the trained file, on the same users and data views (benchmarks
+    # that combine trained models).
+    model = on_device(model if model is not None else load_model(Path(trained.model_file.path)), device)
     items = read_table(prepared.items, schemas.ITEM_INDEX, "items")
     item_domains = domain_codes(items)
     mask = views.item_mask(trained.reads)

@@ -162,7 +162,7 @@ class SASRecRecommender(SequentialRecommender):
     def embed_inputs(self, history: Tensor) -> Tensor:
         """[B, T] item_idx -> [B, T, D] what each position contributes before its position embedding."""
         vectors = self.item_vectors(history)
-        if self.text_map is not None:  # padding contributes nothing (its ID row is zero; its text row is too)
+        if self.text_map is not None:  # padding contributes nothing, whatever text row 0 was given
             vectors = vectors * (history > 0).unsqueeze(-1)
         return vectors * self.embedding_scale
 

@@ -17,7 +17,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pytorch_lightning.loggers import MLFlowLogger
 
-from conf.schema import PipelineConfig
+from conf.schema import TEXT_KINDS, PipelineConfig
 from models.kinds import build_model
 from models.warm_start import new_to_old_index, warm_start
 from tasks.ops import tracking
@@ -28,7 +28,7 @@ from tasks.io import TableRef, fingerprint_file, write_json
 from tasks.data.preprocessing import PreparedData, load_sequence_data
 from tasks.ops.runs import RunContext
 from tasks.modelling.training import TrainedModel
-from tasks.modelling.transfer import item_roles
+from tasks.modelling.transfer import embed_item_texts, item_roles, item_text_tensor
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,11 @@ def finetune_model(champion_file: Path, champion_item_ids: list[str], name: str,
         train = config.train
     if hasattr(candidate, "attach_item_domains"):  # the current catalogue's domains, new items included
         candidate.attach_item_domains(item_roles(prepared))
+    if kind in TEXT_KINDS or hparams.get("item_text"):
+        # The current catalogue's title embeddings: the warm start carried only the old items' rows, and a new
+        # item would otherwise enter with none.
+        cache_dir = Path(config.text.cache_dir) if config.text.cache_dir else out_dir.parent / "text"
+        candidate.attach_item_text(item_text_tensor(embed_item_texts(prepared, config.text, cache_dir)))
     summary = candidate.fit(data, train, config.seed, loggers=loggers, checkpoint_dir=out_dir / "checkpoints")
     model_path = out_dir / "model.pt"
     candidate.save(model_path)

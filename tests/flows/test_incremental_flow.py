@@ -85,3 +85,23 @@ def test_a_worse_candidate_is_not_promoted(champion_run, tiny_config_factory):
     assert "worse than champion" in result.decision.reason
     assert champion_version(first.tracking_uri, registered_name(config), "champion").version == before
     assert json.loads((result.run_dir / "run.json").read_text())["recommendations"] is None
+
+
+def test_retraining_a_title_reading_champion_gives_new_items_their_title_embeddings(tiny_config_factory, tmp_path):
+    import torch
+
+    from models.kinds import load_model
+
+    config = tiny_config_factory("train.max_epochs=1", "models=[{kind: sasrec, name: sasrec, embedding_dim: 16, "
+                                 "tie_output: true, item_text: true}]")
+    first = pipeline_flow(config)
+    batch, _ = new_events_file(first.run_dir, tmp_path)
+    retrain_flow(config, EventLogConfig(interactions=str(batch)), finetune_epochs=1)
+    [path] = Path(config.output.root).rglob("finetune-*/model.pt")
+    candidate = load_model(path)
+    items = pl.read_parquet(first.run_dir / "data" / "items.parquet").height  # the champion's catalogue
+    assert candidate.n_items - 1 == items + 7  # the 7 new items
+    new_rows = candidate.item_text[items + 1:]
+    # Embedded like every other item (not left at the warm start's zeros) and on the same scale.
+    assert (new_rows.norm(dim=1) > 0.5).all(), new_rows.norm(dim=1)
+    assert torch.allclose(new_rows.norm(dim=1), candidate.item_text[1:items + 1].norm(dim=1).mean(), atol=0.5)

@@ -43,7 +43,8 @@ class StandardisedBlend:
             values = scores.masked_fill(~finite, 0.0)
             count = finite.sum(dim=1, keepdim=True)
             mean = values.sum(dim=1, keepdim=True) / count
-            spread = (((values - mean) * finite) ** 2).sum(dim=1, keepdim=True).div(count).sqrt()
+            # (a user with one candidate, or a model that scores all alike, has no spread: its scores stay 0)
+            spread = (((values - mean) * finite) ** 2).sum(dim=1, keepdim=True).div(count).sqrt().clamp_min(1e-12)
             parts.append(((values - mean) / spread).masked_fill(~finite, float("-inf")))
         return sum(parts) / len(parts)
 
@@ -93,6 +94,10 @@ def main() -> None:
             raise SystemExit("the prepared data differs between the seeds (a seeded split or target sample): "
                              "models of one seed cannot be scored on the other's users")
         config, prepared = configs[first], prepared_of[first]
+        if trained[args.transfer, first].reads != trained[args.pooled, first].reads:
+            raise SystemExit(f"--transfer {args.transfer} reads the {trained[args.transfer, first].reads} items and "
+                             f"--pooled {args.pooled} the {trained[args.pooled, first].reads} ones: a blend ranks both on "
+                             "the same histories, so both must read the same items")
         models = {key: load_model(Path(record.model_file.path)).eval() for key, record in trained.items()}
         pooled, transfer, pooled_again = models[args.pooled, first], models[args.transfer, first], models[args.pooled, second]
         variants = {

@@ -394,6 +394,15 @@ class BertTransferConfig(NeuralModelSection):
         return self
 
 
+def no_nested_item_text(section: Any, parent: str) -> Any:
+    """A nested sequence model may not read item text: only a top-level sasrec / domain_sasrec is given the
+    title embeddings (the hybrid and the mappings pass none to their parts)."""
+    if getattr(section, "item_text", False):
+        raise ValueError(f"item_text: a {section.kind} inside a {parent} model cannot read item text; set "
+                         f"item_text on a model of its own (kind sasrec or domain_sasrec)")
+    return section
+
+
 class HybridConfig(NeuralModelSection):
     """A sequence model's scores blended with ItemKNN's, the weight chosen on validation (models/hybrid.py)."""
 
@@ -404,6 +413,11 @@ class HybridConfig(NeuralModelSection):
         discriminator="kind", description="The sequence model, with its own options, e.g. {kind: sasrec, tie_output: true}.")] = \
         SASRecConfig()
     neighbours: int = Field(100, ge=1, description="ItemKNN's most similar items kept per item.")
+
+    @field_validator("sequence")
+    @classmethod
+    def _sequence_without_text(cls, value: Any) -> Any:
+        return no_nested_item_text(value, "hybrid")
 
     @field_validator("train_on")
     @classmethod
@@ -427,6 +441,11 @@ class MappingConfig(Section):
         discriminator="kind", description="The sequence model of the source and target interests, with its own options.")] = \
         RNNConfig()
     mapping_hidden: int = Field(128, ge=4, description="Hidden width of the mapping network.")
+
+    @field_validator("extractor")
+    @classmethod
+    def _extractor_without_text(cls, value: Any) -> Any:
+        return no_nested_item_text(value, "mapping")
 
 
 ModelConfig = Annotated[

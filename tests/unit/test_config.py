@@ -226,3 +226,12 @@ def test_configuration_reference_lists_every_setting_with_its_default():
     for row in ("| `train.loss` | `\"full\"` |", "| `seed` | `42` |", "| `transfer.target_fractions` | `[1.0]` |",
                 "| `models[].tie_output` | `false` |", "| `models[].sequence` | `{kind: sasrec}` |"):
         assert row in text
+
+
+def test_a_sequence_model_inside_a_hybrid_or_mapping_may_not_read_item_text():
+    with pytest.raises(ConfigError, match=r"models\.0\.sequence: item_text: a sasrec inside a hybrid model"):
+        load_config(preset_path("experiments/tiny.yaml"),
+                    ["models=[{kind: hybrid, name: h, sequence: {kind: sasrec, item_text: true}}]"])
+    with pytest.raises(ConfigError, match=r"models\.0\.extractor: item_text: a sasrec inside a mapping model"):
+        load_config(preset_path("experiments/tiny.yaml"),
+                    ["models=[{kind: emcdr, name: m, extractor: {kind: sasrec, item_text: true}}]"])

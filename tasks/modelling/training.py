@@ -112,7 +112,8 @@ def fit_regime(model: Recommender, regime: str, data: SequenceData, views: Trans
     first_stage = views.source if regime == "source_then_target" else augmented(views.pooled, views, train, seed)
     # The first stage runs the same whatever the target stage's own settings are (its augmented copies, if
     # any, are already in first_stage): its fit, checkpoints and resumption do not depend on them.
-    first_stage_train = train.model_copy(update={"l2sp": 0.0, "augment_copies": 0})
+    first_stage_train = train.model_copy(update={name: TrainConfig.model_fields[name].default
+                                                  for name in TARGET_STAGE_SETTINGS})
     pretrained = pretrain(model, first_stage, first_stage_train, seed, loggers,
                           pretrain_dir or checkpoint_dir / "pretrain")
     if hasattr(model, "prepare_finetune"):
